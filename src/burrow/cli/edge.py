@@ -1,1 +1,249 @@
-"""placeholder, filled in by its owner."""
+"""`burrow edge serve` and the operator's `burrow edge tunnel create|list|delete`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from burrow.cli.common import fail, handle_errors, run_async, serve_until_signal, split_list
+from burrow.cli.main import edge_app
+from burrow.connector.credentials import write_credentials_file
+from burrow.edge.provision import advertised_edges, create_tunnel, record_addresses
+from burrow.edge.server import EdgeConfig, EdgeServer, default_state_dir, store_url_for
+from burrow.errors import BurrowError, ConfigError, NotFound
+from burrow.observability.logs import setup_logging
+from burrow.pki.ca import EdgePKI
+from burrow.store.sqlalchemy_store import SQLStore
+
+tunnel_cmd = typer.Typer(help="Manage tunnels directly on the edge's state.", no_args_is_help=True)
+edge_app.add_typer(tunnel_cmd, name="tunnel")
+
+_CONFIG_KEYS = {
+    "state-dir",
+    "tunnel-listen",
+    "http-listen",
+    "admin-listen",
+    "names",
+    "location",
+    "store-url",
+    "grace-period",
+    "loglevel",
+}
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of settings")
+    unknown = set(data) - _CONFIG_KEYS
+    if unknown:
+        typer.echo(f"warning: unknown keys in {path}: {', '.join(sorted(unknown))}", err=True)
+    return data
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def build_edge_config(
+    config: Path | None,
+    state_dir: Path | None,
+    tunnel_listen: list[str] | None,
+    http_listen: list[str] | None,
+    admin_listen: str | None,
+    names: list[str] | None,
+    location: str | None,
+    store_url: str | None,
+) -> EdgeConfig:
+    """Flags win over the YAML file, which wins over the defaults."""
+    file: dict[str, Any] = _load_yaml(config) if config else {}
+    cfg = EdgeConfig()
+    if state_dir or file.get("state-dir"):
+        cfg.state_dir = Path(state_dir or file["state-dir"]).expanduser()
+    cfg.tunnel_listen = split_list(tunnel_listen) or _as_list(file.get("tunnel-listen")) or cfg.tunnel_listen
+    cfg.http_listen = split_list(http_listen) or _as_list(file.get("http-listen")) or cfg.http_listen
+    cfg.admin_listen = admin_listen or file.get("admin-listen", cfg.admin_listen)
+    extra = split_list(names) or _as_list(file.get("names"))
+    if extra:
+        cfg.names = list(dict.fromkeys([*cfg.names, *extra]))
+    cfg.location = location or file.get("location", cfg.location)
+    cfg.store_url = store_url or file.get("store-url")
+    if "grace-period" in file:
+        try:
+            cfg.grace_period = float(file["grace-period"])
+        except (TypeError, ValueError):
+            raise ConfigError("grace-period must be a number of seconds") from None
+    return cfg
+
+
+@edge_app.command("serve")
+def serve(
+    config: Path = typer.Option(None, "--config", help="YAML file with the same settings."),
+    state_dir: Path = typer.Option(None, "--state-dir", help="Default ~/.local/share/burrow/edge."),
+    tunnel_listen: list[str] = typer.Option(None, "--tunnel-listen", help="ADDR:PORT, repeatable (default 0.0.0.0:7844)."),
+    http_listen: list[str] = typer.Option(None, "--http-listen", help="Public HTTP ADDR:PORT (default 0.0.0.0:8080)."),
+    admin_listen: str = typer.Option(None, "--admin-listen", help="Admin ADDR:PORT (default 127.0.0.1:7845)."),
+    name: list[str] = typer.Option(None, "--name", help="Extra DNS name or IP for the tunnel certificate."),
+    location: str = typer.Option(None, "--location", help="Location label reported to connectors."),
+    store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL", help="SQLAlchemy URL of the state store."),
+    loglevel: str = typer.Option("info", "--loglevel"),
+    output: str = typer.Option("text", "--output", help="Log format: text or json."),
+) -> None:
+    """Run the edge."""
+
+    def go() -> None:
+        setup_logging(loglevel, output=output)
+        cfg = build_edge_config(
+            config, state_dir, tunnel_listen, http_listen, admin_listen, name, location, store_url
+        )
+
+        async def main() -> None:
+            server = EdgeServer(cfg)
+            await server.start()
+            record_addresses(cfg.state_dir, server.tunnel_addresses)
+            await serve_until_signal(server.stop)
+
+        run_async(main())
+
+    handle_errors(go)
+
+
+def _state(state_dir: Path | None) -> Path:
+    return (state_dir or default_state_dir()).expanduser()
+
+
+async def _open(state_dir: Path, store_url: str | None) -> SQLStore:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return await SQLStore.open(store_url or store_url_for(state_dir))
+
+
+@tunnel_cmd.command("create")
+def tunnel_create(
+    name: str = typer.Argument(..., help="Tunnel name (unique in the account)."),
+    hostname: list[str] = typer.Option(None, "--hostname", help="Route this hostname to the tunnel (repeatable)."),
+    state_dir: Path = typer.Option(None, "--state-dir"),
+    store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL"),
+    edge_address: list[str] = typer.Option(None, "--edge-address", help="Edge tunnel address(es) to put in the token."),
+    credentials_file: Path = typer.Option(None, "--credentials-file", help="Where to write the credentials JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print {id, name, token, credentials_file}."),
+) -> None:
+    """Create a tunnel, route hostnames to it, write its credentials and print its token."""
+
+    async def main() -> None:
+        sd = _state(state_dir)
+        pki = EdgePKI.load_or_create(sd)
+        store = await _open(sd, store_url)
+        try:
+            edges = split_list(edge_address) or list(advertised_edges(sd))
+            result = await create_tunnel(store, pki, name, hostname or [], edges=edges)
+        finally:
+            await store.close()
+        path = credentials_file or (sd / "tunnels" / f"{result.tunnel.id}.json")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_credentials_file(path, result.credentials)
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": str(result.tunnel.id),
+                        "name": result.tunnel.name,
+                        "token": result.token,
+                        "credentials_file": str(path),
+                        "hostnames": list(result.hostnames),
+                    }
+                )
+            )
+            return
+        typer.echo(f"Created tunnel {result.tunnel.name} with id {result.tunnel.id}")
+        for host in result.hostnames:
+            typer.echo(f"Routed {host} to it")
+        typer.echo(f"Credentials written to {path}")
+        typer.echo("Run it with:\n  burrow tunnel run --token " + result.token)
+
+    handle_errors(lambda: run_async(main()))
+
+
+@tunnel_cmd.command("list")
+def tunnel_list(
+    state_dir: Path = typer.Option(None, "--state-dir"),
+    store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List tunnels and their hostnames."""
+
+    async def main() -> None:
+        store = await _open(_state(state_dir), store_url)
+        try:
+            tunnels = await store.list_tunnels()
+            routes = await store.list_routes()
+        finally:
+            await store.close()
+        by_tunnel: dict[Any, list[str]] = {}
+        for r in routes:
+            by_tunnel.setdefault(r.tunnel_id, []).append(r.hostname)
+        rows = [
+            {
+                "id": str(t.id),
+                "name": t.name,
+                "created_at": t.created_at.isoformat(),
+                "hostnames": sorted(by_tunnel.get(t.id, [])),
+            }
+            for t in tunnels
+        ]
+        if as_json:
+            typer.echo(json.dumps(rows))
+            return
+        if not rows:
+            typer.echo("No tunnels.")
+            return
+        typer.echo(f"{'ID':36}  {'NAME':20}  HOSTNAMES")
+        for row in rows:
+            typer.echo(f"{row['id']:36}  {row['name']:20}  {', '.join(row['hostnames'])}")
+
+    handle_errors(lambda: run_async(main()))
+
+
+@tunnel_cmd.command("delete")
+def tunnel_delete(
+    name: str = typer.Argument(..., help="Tunnel name or id."),
+    state_dir: Path = typer.Option(None, "--state-dir"),
+    store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL"),
+) -> None:
+    """Delete a tunnel and its routes; connected connectors are refused from then on."""
+
+    async def main() -> None:
+        store = await _open(_state(state_dir), store_url)
+        try:
+            match = [t for t in await store.list_tunnels() if t.name == name or str(t.id) == name]
+            if not match:
+                raise NotFound(f"no tunnel named {name!r}")
+            tunnel = await store.delete_tunnel(match[0].id)
+        finally:
+            await store.close()
+        typer.echo(f"Deleted tunnel {tunnel.name} ({tunnel.id})")
+
+    def go() -> None:
+        try:
+            run_async(main())
+        except NotFound as exc:
+            fail(str(exc))
+
+    handle_errors(go)
+
+
+__all__ = ["BurrowError", "build_edge_config"]

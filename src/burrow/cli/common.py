@@ -1,0 +1,92 @@
+"""Shared CLI plumbing: running a coroutine under uvloop when installed, signals, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from burrow.errors import BurrowError
+
+T = TypeVar("T")
+log = logging.getLogger("burrow")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed (`pip install burrow[fast]`)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeatable options that may also come comma-separated (environment variables)."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+async def serve_until_signal(
+    stop: Callable[[], Awaitable[None]], main: Awaitable[Any] | None = None
+) -> None:
+    """Wait for SIGINT/SIGTERM (or `main` to finish), then run `stop` for a graceful shutdown.
+    A second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("shutting down gracefully (signal again to force)")
+            stop_requested.set()
+        else:
+            log.warning("forced shutdown")
+            os._exit(130)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    waiter = asyncio.ensure_future(stop_requested.wait())
+    tasks: list[asyncio.Future[Any]] = [waiter]
+    main_task = asyncio.ensure_future(main) if main is not None else None
+    if main_task is not None:
+        tasks.append(main_task)
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    if main_task is not None and main_task.done():
+        waiter.cancel()
+        await stop()
+        main_task.result()  # re-raise a fatal error
+        return
+    await stop()
+    if main_task is not None:
+        try:
+            await asyncio.wait_for(main_task, 5)
+        except (TimeoutError, asyncio.CancelledError):
+            main_task.cancel()
+
+
+def handle_errors(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except BurrowError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)

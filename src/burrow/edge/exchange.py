@@ -1,0 +1,261 @@
+"""One eyeball request carried through a tunnel: the bridge between an eyeball HTTP/1.1
+connection and one h2 stream on a tunnel connection.
+
+Backpressure both ways: when the tunnel stream's window is exhausted the eyeball socket stops
+being read; when the eyeball socket's write buffer is full, flow-control credit for the response
+is withheld, so the connector stops sending.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from burrow.errors import RemoteProtocolError
+from burrow.net.h2conn import H2Stream, Headers
+from burrow.wire import http1
+from burrow.wire.tunnel_h2 import UPGRADE_HEADER, is_internal_header, parse_response
+
+if TYPE_CHECKING:
+    from burrow.edge.public import EyeballProtocol
+    from burrow.edge.tunnel_conn import EdgeTunnelConnection
+
+log = logging.getLogger("burrow.edge.proxy")
+
+# Request headers never forwarded into the tunnel: hop-by-hop ones, the eyeball's attempts to
+# set tunnel-internal or edge-provided headers, and Host (it travels as :authority).
+_DROP_REQUEST = http1.HOP_BY_HOP | {
+    b"host",
+    b"expect",
+    b"cf-connecting-ip",
+    b"cf-ray",
+    b"cf-visitor",
+    b"x-forwarded-proto",
+    b"cf-warp-tag-id",
+}
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Exchange:
+    """StreamHandler for one proxied request."""
+
+    __slots__ = (
+        "_chunked",
+        "_close_after",
+        "_counted",
+        "_unacked",
+        "conn",
+        "eyeball",
+        "head",
+        "host",
+        "ray",
+        "request_done",
+        "response_done",
+        "response_started",
+        "stream",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        eyeball: EyeballProtocol,
+        head: http1.RequestHead,
+        host: str,
+        path: bytes,
+        conn: EdgeTunnelConnection,
+        ray: str,
+    ) -> None:
+        self.eyeball = eyeball
+        self.head = head
+        self.host = host
+        self.conn = conn
+        self.ray = ray
+        self.websocket = head.upgrade == b"websocket"
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self._chunked = False
+        self._close_after = not head.keep_alive
+        self._unacked = 0
+        self._counted = True
+        has_body = self.websocket or head.chunked or bool(head.content_length)
+        conn.in_flight += 1
+        self.stream: H2Stream | None = conn.open_stream(
+            self._tunnel_headers(path), self, end_stream=not has_body
+        )
+        if not has_body:
+            self.request_done = True
+
+    def _tunnel_headers(self, path: bytes) -> Headers:
+        head = self.head
+        eyeball = self.eyeball
+        out: Headers = [
+            (b":method", head.method),
+            (b":scheme", eyeball.scheme_b),
+            (b":authority", self.host.encode()),
+            (b":path", path),
+        ]
+        drop = _DROP_REQUEST
+        named = http1.connection_tokens(head.headers) if head.headers else set()
+        xff: bytes | None = None
+        for name, value in head.headers:
+            if name in drop or name in named or is_internal_header(name):
+                if name == b"te" and value.strip().lower() == b"trailers":
+                    out.append((name, b"trailers"))
+                continue
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+                continue
+            out.append((name, value))
+        ip = eyeball.client_ip_b
+        out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
+        out.append((b"cf-connecting-ip", ip))
+        out.append((b"x-forwarded-proto", eyeball.scheme_b))
+        out.append((b"cf-ray", self.ray.encode()))
+        out.append((b"cf-visitor", eyeball.visitor_b))
+        if self.websocket:
+            out.append((UPGRADE_HEADER, b"websocket"))
+        return out
+
+    # --- eyeball -> tunnel ----------------------------------------------------------------------
+
+    def request_data(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None or stream.closed:
+            return
+        if not stream.write(data):
+            self.eyeball.pause_reading()
+
+    def request_end(self) -> None:
+        self.request_done = True
+        if self.stream is not None and not self.websocket:
+            self.stream.end()
+
+    def eyeball_closed(self) -> None:
+        """The eyeball went away: cancel the stream if it is still open."""
+        stream = self.stream
+        if stream is not None and not stream.closed and not self.response_done:
+            if self.websocket and self.response_started:
+                stream.end()  # the eyeball closed the flow: end it as a whole
+            else:
+                stream.reset()
+        self._finish_accounting()
+
+    # --- tunnel -> eyeball (StreamHandler) ------------------------------------------------------
+
+    def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
+        try:
+            status, origin_headers, _source = parse_response(headers)
+        except RemoteProtocolError as exc:
+            log.warning("bad response headers from connector: %s", exc)
+            stream.reset()
+            self.eyeball.exchange_failed(self, 502, str(exc))
+            return
+        if 100 <= status < 200 and status != 101:
+            return  # informational: nothing to relay for HTTP/1.1 eyeballs here
+        content_length: bytes | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                content_length = value
+        out: Headers = []
+        named = http1.connection_tokens(origin_headers)
+        upgrade = self.websocket and status in (101, 200)
+        for name, value in origin_headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                if content_length is None:
+                    content_length = value
+                continue
+            if upgrade and lname in (b"connection", b"upgrade"):
+                continue
+            if lname in http1.HOP_BY_HOP or lname in named or is_internal_header(lname):
+                continue
+            out.append((name, value))
+        self.response_started = True
+        if upgrade:
+            out.append((b"Connection", b"Upgrade"))
+            out.append((b"Upgrade", b"websocket"))
+            self.eyeball.write(http1.serialize_response_head(101, None, out))
+            self.eyeball.switch_to_raw(self)
+            if end_stream:
+                self._response_end()
+            return
+        no_body = self.head.method == b"HEAD" or status in _NO_BODY_STATUS
+        if content_length is not None:
+            out.append((b"Content-Length", content_length))
+        elif no_body:
+            pass
+        elif end_stream:
+            out.append((b"Content-Length", b"0"))
+        elif self.head.version == b"1.1":
+            out.append((b"Transfer-Encoding", b"chunked"))
+            self._chunked = True
+        else:
+            self._close_after = True
+        if self.websocket:
+            # The origin refused the upgrade: an ordinary response, then close.
+            self._close_after = True
+        if self._close_after:
+            out.append((b"Connection", b"close"))
+        elif self.head.version == b"1.0":
+            out.append((b"Connection", b"keep-alive"))
+        self.eyeball.write(http1.serialize_response_head(status, None, out))
+        if end_stream:
+            self._response_end()
+
+    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+        if data:
+            if self._chunked:
+                self.eyeball.write(http1.encode_chunk(data))
+            else:
+                self.eyeball.write(data)
+            if self.eyeball.write_paused:
+                self._unacked += len(data)
+            else:
+                stream.consumed(len(data))
+        if end_stream:
+            self._response_end()
+
+    def eyeball_drained(self) -> None:
+        """The eyeball's write buffer fell below its low-water mark: return withheld credit."""
+        if self._unacked and self.stream is not None:
+            self.stream.consumed(self._unacked)
+            self._unacked = 0
+
+    def on_trailers(self, stream: H2Stream, headers: Headers) -> None:
+        self._response_end()
+
+    def on_end(self, stream: H2Stream) -> None:
+        self._response_end()
+
+    def on_reset(self, stream: H2Stream, error_code: int) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        self._finish_accounting()
+        if not self.response_started:
+            self.eyeball.exchange_failed(self, 502, None)
+        else:
+            # Mid-body failure: the only honest signal to an HTTP/1.1 client is to cut it off.
+            self.eyeball.abort_exchange(self)
+
+    def on_writable(self, stream: H2Stream) -> None:
+        self.eyeball.resume_reading()
+
+    def _response_end(self) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        if self._chunked:
+            self.eyeball.write(http1.LAST_CHUNK)
+        if self.websocket and self.stream is not None and not self.stream.local_ended:
+            # No half-close in the tunnel: the origin ended, so the whole flow ends.
+            self.stream.end()
+        self._finish_accounting()
+        self.eyeball.exchange_done(self, close=self._close_after or not self.request_done)
+
+    def _finish_accounting(self) -> None:
+        """Count the stream out of the connection's in-flight total, exactly once."""
+        if self._counted:
+            self._counted = False
+            self.conn.in_flight -= 1

@@ -1,0 +1,266 @@
+"""The edge process: tunnel listener, public HTTP listener, admin listener, routing snapshot.
+
+The data path never waits on the store: routes and tunnel credentials live in an immutable
+`RoutingSnapshot`, replaced when the store's change counter moves (polled every second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from burrow.edge.public import EyeballProtocol, PublicContext
+from burrow.edge.registry import Registry
+from burrow.edge.tunnel_conn import Accepted, EdgeTunnelConnection
+from burrow.errors import NotFound, RegistrationError, StoreError
+from burrow.net import tls
+from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
+from burrow.net.ratelimit import KeyedRateLimiter
+from burrow.pki.ca import EdgePKI
+from burrow.store.records import RoutingSnapshot
+from burrow.store.secrets import verify_secret
+from burrow.store.sqlalchemy_store import SQLStore
+from burrow.wire.registration import RegistrationRequest
+
+log = logging.getLogger("burrow.edge")
+
+DEFAULT_TUNNEL_PORT = 7844
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "share" / "burrow" / "edge"
+
+
+def store_url_for(state_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{state_dir / 'state.db'}"
+
+
+@dataclass
+class EdgeConfig:
+    state_dir: Path = field(default_factory=default_state_dir)
+    tunnel_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:7844"])
+    http_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:8080"])
+    admin_listen: str | None = "127.0.0.1:7845"
+    names: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    location: str = "burrow"
+    store_url: str | None = None
+    poll_interval: float = 1.0
+    grace_period: float = 30.0
+    handshake_rate: float = 10.0  # TLS handshakes per second per source address
+    handshake_burst: float = 40.0
+
+
+class EdgeServer:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.snapshot = RoutingSnapshot(routes={}, wildcards={}, tunnels={})
+        self.store: SQLStore | None = None
+        self.pki: EdgePKI | None = None
+        self.connections: set[EdgeTunnelConnection] = set()
+        self._servers: list[asyncio.Server | GatedTLSServer] = []
+        self._admin_runner: web.AppRunner | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._generation = -1
+        self._handshakes = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
+        self._registrations = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
+        self.public = PublicContext(
+            lookup=self._lookup, registry=self.registry, location=config.location
+        )
+        self.tunnel_addresses: list[tuple[str, int]] = []
+        self.http_addresses: list[tuple[str, int]] = []
+        self.admin_address: tuple[str, int] | None = None
+
+    def _lookup(self, host: str) -> uuid.UUID | None:
+        return self.snapshot.lookup(host)
+
+    # --- start / stop -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pki = EdgePKI.load_or_create(cfg.state_dir, cfg.names)
+        self.store = await SQLStore.open(cfg.store_url or store_url_for(cfg.state_dir))
+        await self.reload()
+        loop = asyncio.get_running_loop()
+        ssl_ctx = tls.server_context(self.pki.leaf_cert_path, self.pki.leaf_key_path)
+        for addr in cfg.tunnel_listen:
+            host, port = parse_hostport(addr, DEFAULT_TUNNEL_PORT)
+            server = await serve_tls_gated(host, port, ssl_ctx, self._admit, self._new_tunnel_conn)
+            self._servers.append(server)
+            self.tunnel_addresses.append(server.sockets[0].getsockname()[:2])
+        for addr in cfg.http_listen:
+            host, port = parse_hostport(addr, 8080)
+            server = await loop.create_server(
+                lambda: EyeballProtocol(self.public, "http"), host, port, reuse_address=True
+            )
+            self._servers.append(server)
+            self.http_addresses.append(server.sockets[0].getsockname()[:2])
+        if cfg.admin_listen:
+            await self._start_admin(cfg.admin_listen)
+        self._poller = loop.create_task(self._poll())
+        log.info(
+            "edge started: tunnel=%s http=%s admin=%s state=%s",
+            ",".join(format_hostport(*a) for a in self.tunnel_addresses),
+            ",".join(format_hostport(*a) for a in self.http_addresses),
+            format_hostport(*self.admin_address) if self.admin_address else "-",
+            cfg.state_dir,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, GOAWAY every tunnel connection, let in-flight requests finish."""
+        grace = self.config.grace_period if grace is None else grace
+        for server in self._servers:
+            server.close()
+        if self._poller is not None:
+            self._poller.cancel()
+        for conn in list(self.connections):
+            conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline and any(c.in_flight for c in self.connections):
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        for server in self._servers:
+            await server.wait_closed()
+        if self.store is not None:
+            await self.store.close()
+
+    # --- routing snapshot ---------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        assert self.store is not None
+        generation = await self.store.change_counter()
+        if generation != self._generation:
+            self.snapshot = await self.store.snapshot()
+            self._generation = generation
+            for conn in self.registry.all():
+                if conn.tunnel_id not in self.snapshot.tunnels:
+                    log.info("tunnel %s was deleted: closing its connections", conn.tunnel_id)
+                    if isinstance(conn, EdgeTunnelConnection):
+                        conn.shutdown()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.reload()
+            except StoreError as exc:
+                log.warning("state store unavailable, keeping the current routes: %s", exc)
+            except Exception:
+                log.exception("reloading routes failed")
+
+    # --- tunnel connections ---------------------------------------------------------------------
+
+    def _admit(self, ip: str) -> bool:
+        if self._handshakes.allow(ip):
+            return True
+        log.debug("handshake rate limit hit for %s", ip)
+        return False
+
+    def _new_tunnel_conn(self, ip: str) -> EdgeTunnelConnection:
+        conn = EdgeTunnelConnection(
+            authenticate=self._authenticate,
+            on_registered=self._registered,
+            on_gone=self._gone,
+            location=self.config.location,
+            peer=ip,
+        )
+        self.connections.add(conn)
+        return conn
+
+    def _registered(self, conn: EdgeTunnelConnection) -> None:
+        self.registry.add(conn)
+
+    def _gone(self, conn: EdgeTunnelConnection) -> None:
+        self.registry.remove(conn)
+        if conn.closed:
+            self.connections.discard(conn)
+        else:
+            asyncio.get_running_loop().create_task(self._reap(conn))
+
+    async def _reap(self, conn: EdgeTunnelConnection) -> None:
+        while not conn.closed:
+            await asyncio.sleep(1.0)
+        self.connections.discard(conn)
+
+    async def _authenticate(
+        self, conn: EdgeTunnelConnection, request: RegistrationRequest
+    ) -> Accepted:
+        if not self._registrations.allow(conn.peer):
+            raise RegistrationError(
+                "too many registration attempts from this address",
+                retryable=True,
+                retry_after_s=self._registrations.retry_after(conn.peer) + 1.0,
+            )
+        record = self.snapshot.tunnels.get(request.tunnel_id)
+        if record is None and self.store is not None:
+            # Created moments ago? Ask the store before refusing.
+            try:
+                tunnel = await self.store.get_tunnel(request.tunnel_id)
+            except NotFound:
+                tunnel = None
+            except StoreError as exc:
+                raise RegistrationError(
+                    f"edge state store unavailable: {exc}", retryable=True, retry_after_s=2.0
+                ) from None
+            if tunnel is not None and not tunnel.deleted:
+                await self.reload()
+                record = self.snapshot.tunnels.get(request.tunnel_id)
+        if record is None:
+            raise RegistrationError(
+                f"tunnel {request.tunnel_id} does not exist on this edge", retryable=False
+            )
+        tag_ok = hmac.compare_digest(record.account_id.encode(), request.account_tag.encode())
+        secret_ok = verify_secret(request.tunnel_secret, record.secret_hash)
+        if not (tag_ok and secret_ok):
+            raise RegistrationError(
+                "tunnel credentials rejected: account tag or tunnel secret does not match",
+                retryable=False,
+            )
+        for other in self.registry.connections(record.id):
+            if (
+                isinstance(other, EdgeTunnelConnection)
+                and other.client_id == request.client.client_id
+                and other.conn_index == request.conn_index
+                and other.accepting
+            ):
+                if request.replace_existing:
+                    other.shutdown()
+                else:
+                    raise RegistrationError("EDUPCONN", retryable=True)
+        return Accepted(tunnel_id=record.id, account_id=record.account_id, tunnel_name=record.name)
+
+    # --- admin ------------------------------------------------------------------------------------
+
+    async def _start_admin(self, addr: str) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/ready", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = parse_hostport(addr, 7845)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._admin_runner = runner
+        server = site._server
+        if server is not None and server.sockets:  # type: ignore[union-attr]
+            self.admin_address = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "tunnels_connected": self.registry.tunnel_count(),
+                "connections": len(self.registry.all()),
+            }
+        )

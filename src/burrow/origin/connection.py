@@ -1,0 +1,245 @@
+"""Connections from the connector to an origin: HTTP/1.1 over asyncio.Protocol + httptools,
+reused through a small keep-alive pool, and switchable to a raw byte relay after a 101.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from burrow.errors import OriginError, RemoteProtocolError
+from burrow.wire import http1
+
+log = logging.getLogger("burrow.origin")
+
+WRITE_HIGH = 1 << 20
+WRITE_LOW = 256 << 10
+
+
+class OriginListener(Protocol):
+    """Receives what the origin sends on behalf of one request."""
+
+    def origin_event(self, event: Any) -> None:
+        """An http1 ResponseHead, Data, EndOfMessage or Upgraded event."""
+
+    def origin_raw(self, data: bytes) -> None:
+        """Bytes after an upgrade."""
+
+    def origin_failed(self, exc: Exception) -> None: ...
+
+    def origin_writable(self) -> None:
+        """The origin socket's write buffer drained below its low-water mark."""
+
+
+@dataclass(frozen=True, slots=True)
+class OriginAddress:
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    unix_path: str | None = None
+    connect_timeout: float = 30.0
+    tcp_keepalive: float = 30.0
+
+
+class OriginConnection(asyncio.Protocol):
+    def __init__(self, pool: OriginPool | None) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = http1.ResponseParser()
+        self.listener: OriginListener | None = None
+        self.raw = False
+        self.closed = False
+        self.write_paused = False
+        self.reusable = False
+        self.idle_since = 0.0
+        self.used = 0
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+
+    def start(self, listener: OriginListener, method: bytes, head: bytes) -> None:
+        self.listener = listener
+        self.used += 1
+        self.reusable = False
+        self.parser.expect(method)
+        self.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        listener = self.listener
+        if listener is None:
+            # Bytes while idle: the origin broke the protocol; do not reuse.
+            self.abort()
+            return
+        if self.raw:
+            listener.origin_raw(data)
+            return
+        try:
+            events = self.parser.feed(data)
+        except RemoteProtocolError as exc:
+            self.abort()
+            listener.origin_failed(exc)
+            return
+        for event in events:
+            if type(event) is http1.Upgraded:
+                self.raw = True
+            listener.origin_event(event)
+            if self.listener is None:
+                break
+
+    def eof_received(self) -> bool | None:
+        listener = self.listener
+        if listener is not None and not self.raw:
+            try:
+                events = self.parser.feed_eof()
+            except RemoteProtocolError as exc:
+                self.listener = None
+                listener.origin_failed(exc)
+                return None
+            for event in events:
+                listener.origin_event(event)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.pool is not None:
+            self.pool.discard(self)
+        listener = self.listener
+        self.listener = None
+        if listener is not None:
+            listener.origin_failed(
+                OriginError("origin closed the connection" + (f": {exc}" if exc else ""))
+            )
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.listener is not None:
+            self.listener.origin_writable()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def finished(self, reusable: bool) -> None:
+        """The listener is done with this connection: back to the pool or closed."""
+        self.listener = None
+        self.resume_reading()
+        if reusable and self.pool is not None and not self.closed and not self.raw:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.listener = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.listener = None
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+async def open_connection(address: OriginAddress, pool: OriginPool | None) -> OriginConnection:
+    loop = asyncio.get_running_loop()
+    try:
+        if address.unix_path is not None:
+            coro = loop.create_unix_connection(
+                lambda: OriginConnection(pool),
+                address.unix_path,
+                ssl=address.ssl,
+                server_hostname=address.server_hostname if address.ssl else None,
+            )
+        else:
+            coro = loop.create_connection(
+                lambda: OriginConnection(pool),
+                address.host,
+                address.port,
+                ssl=address.ssl,
+                server_hostname=address.server_hostname if address.ssl else None,
+            )
+        transport, protocol = await asyncio.wait_for(coro, address.connect_timeout)
+    except TimeoutError:
+        raise OriginError(
+            f"timed out connecting to origin {_describe(address)} after {address.connect_timeout}s"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise OriginError(
+            f"TLS verification of origin {_describe(address)} failed: {exc.verify_message}"
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise OriginError(f"cannot connect to origin {_describe(address)}: {exc}") from None
+    sock = transport.get_extra_info("socket")
+    if sock is not None and address.unix_path is None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    return protocol
+
+
+def _describe(address: OriginAddress) -> str:
+    if address.unix_path is not None:
+        return f"unix:{address.unix_path}"
+    return f"{address.host}:{address.port}"
+
+
+class OriginPool:
+    """Idle keep-alive connections to one origin (bounded count, idle timeout)."""
+
+    def __init__(self, address: OriginAddress, *, max_idle: int = 100, idle_timeout: float = 90.0):
+        self.address = address
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: collections.deque[OriginConnection] = collections.deque()
+
+    async def acquire(self) -> tuple[OriginConnection, bool]:
+        """A connection and whether it was reused (a reused one may have gone stale)."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_timeout:
+                return conn, True
+            conn.close()
+        return await open_connection(self.address, self), False
+
+    def release(self, conn: OriginConnection) -> None:
+        if self.max_idle <= 0:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+        while len(self._idle) > self.max_idle:
+            self._idle.popleft().close()
+
+    def discard(self, conn: OriginConnection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()

@@ -1,0 +1,523 @@
+"""The state store on SQLAlchemy 2 Core (async): SQLite via aiosqlite by default, PostgreSQL
+via asyncpg for multi-node edges. The schema is created and upgraded by Alembic migrations
+(``migrations/``) when the store is opened.
+
+Transactions: every write runs in one transaction that first bumps ``meta.generation``; on
+SQLite that transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up front and
+waits up to ``busy_timeout`` for it), and reads run in a deferred ``BEGIN`` so a snapshot is
+consistent. The database file is created with mode 0600 and uses WAL journaling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from burrow.errors import ConfigError, Conflict, NotFound, StoreError
+from burrow.store.records import (
+    Account,
+    Route,
+    RoutingSnapshot,
+    Tunnel,
+    TunnelAuthRecord,
+    normalize_hostname,
+)
+
+__all__ = ["SQLStore"]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 0x62757272  # "burr": serialises concurrent migrators on PostgreSQL
+
+metadata = sa.MetaData()
+
+meta_t = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("default_account_id", sa.String(32), nullable=True),
+)
+accounts_t = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+tunnels_t = sa.Table(
+    "tunnels",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("secret_hash", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+)
+routes_t = sa.Table(
+    "routes",
+    metadata,
+    sa.Column("hostname", sa.String(255), primary_key=True),
+    sa.Column("tunnel_id", sa.Uuid, sa.ForeignKey("tunnels.id"), nullable=False),
+    sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _opt_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _account(row: Any) -> Account:
+    return Account(id=row.id, name=row.name, created_at=_utc(row.created_at))
+
+
+def _tunnel(row: Any) -> Tunnel:
+    return Tunnel(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        created_at=_utc(row.created_at),
+        deleted_at=_opt_utc(row.deleted_at),
+    )
+
+
+def _route(row: Any) -> Route:
+    return Route(
+        hostname=row.hostname,
+        tunnel_id=row.tunnel_id,
+        account_id=row.account_id,
+        created_at=_utc(row.created_at),
+    )
+
+
+def _prepare_sqlite_file(url: URL) -> None:
+    """Create the database file (and its directory, 0700) so that it is 0600 from the start.
+    SQLite gives its -wal and -shm files the permissions of the database file."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create state database directory {path.parent}: {exc.strerror or exc}"
+        ) from None
+    if path.exists() and not path.is_file():
+        raise StoreError(f"cannot open state store {path}: not a regular file", retryable=False)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create state database {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+
+
+def _run_migrations(sync_conn: sa.Connection) -> None:
+    if sync_conn.dialect.name == "postgresql":
+        sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+class SQLStore:
+    """:class:`burrow.store.interface.Store` on SQLAlchemy Core (async)."""
+
+    def __init__(self, engine: AsyncEngine, *, url: URL, busy_timeout_s: float) -> None:
+        self._engine = engine
+        self._url = url
+        self._busy_timeout_s = busy_timeout_s
+        self._sqlite = url.get_backend_name() == "sqlite"
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self._url.render_as_string(hide_password=True)
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str, *, busy_timeout_s: float = 5.0, echo: bool = False) -> SQLStore:
+        """Open (creating and migrating as needed) the store at ``url``, for example
+        ``sqlite+aiosqlite:////var/lib/burrow/state.db`` or
+        ``postgresql+asyncpg://user:pw@db/burrow``."""
+        try:
+            sa_url = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid state store URL: {exc}", retryable=False) from None
+        backend = sa_url.get_backend_name()
+        connect_args: dict[str, Any] = {}
+        if backend == "sqlite":
+            _prepare_sqlite_file(sa_url)
+            connect_args["timeout"] = busy_timeout_s
+        elif backend == "postgresql":
+            connect_args["timeout"] = max(busy_timeout_s, 1.0)  # connect timeout
+        try:
+            engine = create_async_engine(
+                sa_url, echo=echo, connect_args=connect_args, pool_pre_ping=not backend == "sqlite"
+            )
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise StoreError(
+                f"unsupported state store URL {sa_url.render_as_string(hide_password=True)}: {exc}",
+                retryable=False,
+            ) from None
+        if backend == "sqlite":
+            _install_sqlite_hooks(engine, busy_timeout_s)
+        store = cls(engine, url=sa_url, busy_timeout_s=busy_timeout_s)
+        try:
+            async with store._tx(write=True, bump=False) as conn:
+                await conn.run_sync(_run_migrations)
+        except BaseException:
+            await engine.dispose()
+            if backend == "sqlite":
+                # aiosqlite stops its worker thread without awaiting it when a connect fails;
+                # give it a moment so it does not outlive the event loop.
+                await asyncio.sleep(0.05)
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- transactions and error mapping -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, write: bool, bump: bool = True) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.connect() as conn:
+                if write and self._sqlite:
+                    await conn.execution_options(burrow_begin="BEGIN IMMEDIATE")
+                async with conn.begin():
+                    if write and bump:
+                        await conn.execute(
+                            sa.update(meta_t)
+                            .where(meta_t.c.id == 1)
+                            .values(generation=meta_t.c.generation + 1)
+                        )
+                    yield conn
+        except IntegrityError as exc:
+            raise Conflict(f"state store constraint violated: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(self._describe(exc)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(self._describe(exc)) from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        orig = getattr(exc, "orig", None) or exc
+        detail = str(orig).strip() or type(orig).__name__
+        where = self.url
+        if self._sqlite:
+            where = self._url.database or ":memory:"
+            low = detail.lower()
+            if "locked" in low or "busy" in low:
+                return (
+                    f"state store {where} is locked by another process or connection "
+                    f"(waited {self._busy_timeout_s:g}s): {detail}"
+                )
+            if "unable to open" in low or "readonly" in low or "read-only" in low:
+                return f"cannot open state store {where}: {detail}"
+        return f"state store {where} is unreachable or failed: {detail}"
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def create_account(self, name: str) -> Account:
+        account = Account(id=uuid.uuid4().hex, name=name, created_at=_now())
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                sa.insert(accounts_t).values(
+                    id=account.id, name=account.name, created_at=account.created_at
+                )
+            )
+        return account
+
+    async def get_account(self, account_id: str) -> Account:
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(sa.select(accounts_t).where(accounts_t.c.id == account_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"account {account_id} not found")
+        return _account(row)
+
+    async def get_or_create_default_account(self) -> Account:
+        found = await self._default_account()
+        if found is not None:
+            return found
+        async with self._tx(write=True) as conn:
+            # Re-check under the write lock: another process may have won the race.
+            row = await self._default_account_in(conn)
+            if row is not None:
+                return _account(row)
+            account = Account(id=uuid.uuid4().hex, name="default", created_at=_now())
+            await conn.execute(
+                sa.insert(accounts_t).values(
+                    id=account.id, name=account.name, created_at=account.created_at
+                )
+            )
+            await conn.execute(
+                sa.update(meta_t).where(meta_t.c.id == 1).values(default_account_id=account.id)
+            )
+        return account
+
+    async def _default_account(self) -> Account | None:
+        async with self._tx(write=False) as conn:
+            row = await self._default_account_in(conn)
+        return None if row is None else _account(row)
+
+    @staticmethod
+    async def _default_account_in(conn: AsyncConnection) -> Any:
+        query = sa.select(accounts_t).join(meta_t, meta_t.c.default_account_id == accounts_t.c.id)
+        return (await conn.execute(query.where(meta_t.c.id == 1))).first()
+
+    async def list_accounts(self) -> list[Account]:
+        async with self._tx(write=False) as conn:
+            rows = await conn.execute(
+                sa.select(accounts_t).order_by(accounts_t.c.created_at, accounts_t.c.id)
+            )
+            return [_account(r) for r in rows]
+
+    # -- tunnels ----------------------------------------------------------------------------
+
+    async def create_tunnel(self, account_id: str, name: str, secret_hash: str) -> Tunnel:
+        if not name or not name.strip():
+            raise ConfigError("a tunnel needs a name", status=400)
+        tunnel = Tunnel(
+            id=uuid.uuid4(),
+            account_id=account_id,
+            name=name,
+            secret_hash=secret_hash,
+            created_at=_now(),
+        )
+        async with self._tx(write=True) as conn:
+            acct = await conn.execute(
+                sa.select(accounts_t.c.id).where(accounts_t.c.id == account_id)
+            )
+            if acct.first() is None:
+                raise NotFound(f"account {account_id} not found")
+            clash = await conn.execute(
+                sa.select(tunnels_t.c.id).where(
+                    tunnels_t.c.account_id == account_id,
+                    tunnels_t.c.name == name,
+                    tunnels_t.c.deleted_at.is_(None),
+                )
+            )
+            existing = clash.scalar()
+            if existing is not None:
+                raise Conflict(f"a tunnel named {name!r} already exists ({existing})")
+            await conn.execute(
+                sa.insert(tunnels_t).values(
+                    id=tunnel.id,
+                    account_id=account_id,
+                    name=name,
+                    secret_hash=secret_hash,
+                    created_at=tunnel.created_at,
+                    deleted_at=None,
+                )
+            )
+        return tunnel
+
+    async def get_tunnel(self, tunnel_id: uuid.UUID) -> Tunnel:
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(sa.select(tunnels_t).where(tunnels_t.c.id == tunnel_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"tunnel {tunnel_id} not found")
+        return _tunnel(row)
+
+    async def find_tunnel(self, account_id: str, name: str) -> Tunnel | None:
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tunnels_t).where(
+                        tunnels_t.c.account_id == account_id,
+                        tunnels_t.c.name == name,
+                        tunnels_t.c.deleted_at.is_(None),
+                    )
+                )
+            ).first()
+        return None if row is None else _tunnel(row)
+
+    async def list_tunnels(
+        self, account_id: str | None = None, include_deleted: bool = False
+    ) -> list[Tunnel]:
+        query = sa.select(tunnels_t).order_by(
+            tunnels_t.c.created_at, tunnels_t.c.name, tunnels_t.c.id
+        )
+        if account_id is not None:
+            query = query.where(tunnels_t.c.account_id == account_id)
+        if not include_deleted:
+            query = query.where(tunnels_t.c.deleted_at.is_(None))
+        async with self._tx(write=False) as conn:
+            return [_tunnel(r) for r in await conn.execute(query)]
+
+    async def delete_tunnel(self, tunnel_id: uuid.UUID) -> Tunnel:
+        now = _now()
+        async with self._tx(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tunnels_t).where(
+                        tunnels_t.c.id == tunnel_id, tunnels_t.c.deleted_at.is_(None)
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"tunnel {tunnel_id} not found")
+            await conn.execute(sa.delete(routes_t).where(routes_t.c.tunnel_id == tunnel_id))
+            await conn.execute(
+                sa.update(tunnels_t).where(tunnels_t.c.id == tunnel_id).values(deleted_at=now)
+            )
+        return Tunnel(
+            id=row.id,
+            account_id=row.account_id,
+            name=row.name,
+            secret_hash=row.secret_hash,
+            created_at=_utc(row.created_at),
+            deleted_at=now,
+        )
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def add_route(
+        self, hostname: str, tunnel_id: uuid.UUID, *, overwrite: bool = False
+    ) -> Route:
+        host = normalize_hostname(hostname)
+        async with self._tx(write=True) as conn:
+            trow = (
+                await conn.execute(
+                    sa.select(tunnels_t.c.account_id).where(
+                        tunnels_t.c.id == tunnel_id, tunnels_t.c.deleted_at.is_(None)
+                    )
+                )
+            ).first()
+            if trow is None:
+                raise NotFound(f"tunnel {tunnel_id} not found")
+            existing = (
+                await conn.execute(sa.select(routes_t).where(routes_t.c.hostname == host))
+            ).first()
+            route = Route(
+                hostname=host, tunnel_id=tunnel_id, account_id=trow.account_id, created_at=_now()
+            )
+            values = {
+                "tunnel_id": route.tunnel_id,
+                "account_id": route.account_id,
+                "created_at": route.created_at,
+            }
+            if existing is None:
+                await conn.execute(sa.insert(routes_t).values(hostname=host, **values))
+            elif existing.tunnel_id == tunnel_id:
+                return _route(existing)
+            elif not overwrite:
+                raise Conflict(f"{host} is already routed to tunnel {existing.tunnel_id}")
+            else:
+                await conn.execute(
+                    sa.update(routes_t).where(routes_t.c.hostname == host).values(**values)
+                )
+        return route
+
+    async def delete_route(self, hostname: str) -> None:
+        host = normalize_hostname(hostname)
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(sa.delete(routes_t).where(routes_t.c.hostname == host))
+            if result.rowcount == 0:
+                raise NotFound(f"no route for {host}")
+
+    async def list_routes(self, tunnel_id: uuid.UUID | None = None) -> list[Route]:
+        query = sa.select(routes_t).order_by(routes_t.c.hostname)
+        if tunnel_id is not None:
+            query = query.where(routes_t.c.tunnel_id == tunnel_id)
+        async with self._tx(write=False) as conn:
+            return [_route(r) for r in await conn.execute(query)]
+
+    # -- the data path's view ---------------------------------------------------------------
+
+    async def snapshot(self) -> RoutingSnapshot:
+        routes: dict[str, uuid.UUID] = {}
+        wildcards: dict[str, uuid.UUID] = {}
+        tunnels: dict[uuid.UUID, TunnelAuthRecord] = {}
+        async with self._tx(write=False) as conn:
+            generation = (
+                await conn.execute(sa.select(meta_t.c.generation).where(meta_t.c.id == 1))
+            ).scalar_one()
+            for t in await conn.execute(
+                sa.select(
+                    tunnels_t.c.id,
+                    tunnels_t.c.account_id,
+                    tunnels_t.c.name,
+                    tunnels_t.c.secret_hash,
+                ).where(tunnels_t.c.deleted_at.is_(None))
+            ):
+                tunnels[t.id] = TunnelAuthRecord(
+                    id=t.id, account_id=t.account_id, name=t.name, secret_hash=t.secret_hash
+                )
+            for r in await conn.execute(sa.select(routes_t.c.hostname, routes_t.c.tunnel_id)):
+                if r.hostname.startswith("*."):
+                    wildcards[r.hostname[2:]] = r.tunnel_id
+                else:
+                    routes[r.hostname] = r.tunnel_id
+        return RoutingSnapshot(
+            routes=routes, wildcards=wildcards, tunnels=tunnels, generation=int(generation)
+        )
+
+    async def change_counter(self) -> int:
+        async with self._tx(write=False) as conn:
+            value = (
+                await conn.execute(sa.select(meta_t.c.generation).where(meta_t.c.id == 1))
+            ).scalar_one()
+        return int(value)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    """Take transaction control away from the sqlite3 module (which would not BEGIN before
+    SELECTs) and set WAL, busy_timeout and foreign keys on every new connection."""
+    busy_ms = max(int(busy_timeout_s * 1000), 0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        try:
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+        except BaseException:
+            # The pool does not close a connection whose connect hook failed (e.g. the file
+            # is not a database); left open, aiosqlite's worker thread would outlive the loop.
+            dbapi_conn.close()
+            raise
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("burrow_begin", "BEGIN"))
