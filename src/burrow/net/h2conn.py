@@ -212,6 +212,9 @@ class H2Endpoint(asyncio.Protocol):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 20,
             },
         )
+        # Settings given as initial values count as already acknowledged, so h2 never raises
+        # its inbound frame-size limit from them: set it to what we advertise.
+        h2c.max_inbound_frame_size = MAX_FRAME_SIZE
         self._h2 = h2c
         h2c.initiate_connection()
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)

@@ -1,0 +1,109 @@
+"""An in-process edge + connector (+ origin) on loopback, for tests and benchmarks.
+
+    async with TunnelStack.start(tmp_path, ingress=...) as stack:
+        url = stack.url("/echo")          # http://127.0.0.1:PORT/echo, send Host: stack.host
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from burrow.connector.supervisor import Connector, ConnectorConfig
+from burrow.edge.provision import Provisioned, create_tunnel
+from burrow.edge.server import EdgeConfig, EdgeServer
+from burrow.ingress.rules import Ingress
+from burrow.net.listen import format_hostport
+
+
+async def start_edge(state_dir: Path, **overrides: Any) -> EdgeServer:
+    cfg = EdgeConfig(
+        state_dir=state_dir,
+        tunnel_listen=["127.0.0.1:0"],
+        http_listen=["127.0.0.1:0"],
+        admin_listen=None,
+        grace_period=5.0,
+        poll_interval=0.2,
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    edge = EdgeServer(cfg)
+    await edge.start()
+    return edge
+
+
+async def provision(
+    edge: EdgeServer, name: str = "test", hostnames: Sequence[str] = ("app.localhost",)
+) -> Provisioned:
+    assert edge.store is not None and edge.pki is not None
+    made = await create_tunnel(
+        edge.store,
+        edge.pki,
+        name,
+        hostnames,
+        edges=[format_hostport(*a) for a in edge.tunnel_addresses],
+    )
+    await edge.reload()
+    return made
+
+
+async def start_connector(
+    made: Provisioned, ingress: Ingress, *, ha_connections: int = 1, wait: bool = True
+) -> Connector:
+    connector = Connector(
+        ConnectorConfig(
+            credentials=made.credentials,
+            ingress=ingress,
+            ha_connections=ha_connections,
+            grace_period=5.0,
+        )
+    )
+    await connector.start()
+    if wait:
+        await asyncio.wait_for(connector.ready.wait(), 10)
+    return connector
+
+
+@dataclass
+class TunnelStack:
+    edge: EdgeServer
+    connector: Connector
+    made: Provisioned
+    host: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http_port(self) -> int:
+        return self.edge.http_addresses[0][1]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def host_url(self, path: str = "/") -> str:
+        """A URL with the routed name (`*.localhost` resolves to loopback in curl)."""
+        return f"http://{self.host}:{self.http_port}{path}"
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls,
+        state_dir: Path,
+        ingress: Ingress,
+        *,
+        hostnames: Sequence[str] = ("app.localhost",),
+        ha_connections: int = 1,
+    ) -> AsyncIterator[TunnelStack]:
+        edge = await start_edge(state_dir)
+        connector = None
+        try:
+            made = await provision(edge, hostnames=hostnames)
+            connector = await start_connector(made, ingress, ha_connections=ha_connections)
+            yield cls(edge=edge, connector=connector, made=made, host=hostnames[0])
+        finally:
+            if connector is not None:
+                await connector.stop(grace=1.0)
+            await edge.stop(grace=1.0)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from burrow.ingress.rules import Ingress
+from burrow.testing.harness import TunnelStack
+from burrow.testing.origins import start_test_origin
+
+
+@pytest.fixture
+async def origin_port() -> AsyncIterator[int]:
+    runner, port = await start_test_origin()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def stack(tmp_path, origin_port) -> AsyncIterator[TunnelStack]:
+    ingress = Ingress.parse(
+        [
+            {"hostname": "app.localhost", "service": f"http://127.0.0.1:{origin_port}"},
+            {"hostname": "down.localhost", "service": "http://127.0.0.1:1"},
+            {"service": "http_status:404"},
+        ]
+    )
+    async with TunnelStack.start(
+        tmp_path, ingress, hostnames=("app.localhost", "down.localhost")
+    ) as s:
+        s.extra["origin_port"] = origin_port
+        yield s
