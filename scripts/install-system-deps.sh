@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses: real servers and clients (OpenSSH, PostgreSQL, the pebble
+# ACME test CA) and load tools. Installs only what is missing; needs root (CI runs as root).
+set -euo pipefail
+packages=(curl openssh-server openssh-client postgresql pebble wrk nghttp2-client)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "note: not root; tests needing ${missing[*]} will be skipped" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The postgresql package may start a system cluster; the tests run their own on a free port.
