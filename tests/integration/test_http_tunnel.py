@@ -217,3 +217,15 @@ async def test_malformed_requests_are_refused_and_edge_keeps_serving(
     assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
     async with aiohttp.ClientSession() as s, s.get(stack.url("/echo"), headers=HOST) as r:
         assert r.status == 200
+
+
+async def test_websocket_upgrade_refused_by_origin_is_a_plain_response(stack: TunnelStack) -> None:
+    """The origin answers an upgrade request with 200: the eyeball must not see a 101."""
+    answer = await _raw(
+        stack.http_port,
+        b"GET /echo HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert b"101" not in answer.split(b"\r\n", 1)[0]

@@ -4,7 +4,6 @@ config file (`tunnel`, `credentials-file`, `ingress`, `originRequest`, ...)."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +121,6 @@ def run(
             fail(f"the edge refused the tunnel: {exc.cause}", code=1)
 
     handle_errors(go)
-    os.sys.stdout.flush()
 
 
 def _as_list(value: Any) -> list[str]:

@@ -159,7 +159,17 @@ class Exchange:
                 content_length = value
         out: Headers = []
         named = http1.connection_tokens(origin_headers)
-        upgrade = self.websocket and status in (101, 200)
+        # A 101 travels as 200; only the origin's Upgrade/Sec-WebSocket-Accept headers tell an
+        # accepted upgrade from an origin that answered the upgrade request with a plain 200.
+        upgrade = (
+            self.websocket
+            and status in (101, 200)
+            and any(
+                n.lower() == b"sec-websocket-accept"
+                or (n.lower() == b"upgrade" and v.lower() == b"websocket")
+                for n, v in origin_headers
+            )
+        )
         for name, value in origin_headers:
             lname = name.lower()
             if lname == b"content-length":

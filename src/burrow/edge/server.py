@@ -97,11 +97,11 @@ class EdgeServer:
             self.tunnel_addresses.append(server.sockets[0].getsockname()[:2])
         for addr in cfg.http_listen:
             host, port = parse_hostport(addr, 8080)
-            server = await loop.create_server(
+            http_server = await loop.create_server(
                 lambda: EyeballProtocol(self.public, "http"), host, port, reuse_address=True
             )
-            self._servers.append(server)
-            self.http_addresses.append(server.sockets[0].getsockname()[:2])
+            self._servers.append(http_server)
+            self.http_addresses.append(http_server.sockets[0].getsockname()[:2])
         if cfg.admin_listen:
             await self._start_admin(cfg.admin_listen)
         self._poller = loop.create_task(self._poll())
@@ -252,9 +252,8 @@ class EdgeServer:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         self._admin_runner = runner
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.admin_address = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        if runner.addresses:
+            self.admin_address = tuple(runner.addresses[0][:2])
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(

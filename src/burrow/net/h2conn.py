@@ -35,7 +35,7 @@ h2.connection.repr = lambda _obj: ""  # type: ignore[attr-defined]
 Headers = list[tuple[bytes, bytes]]
 
 WINDOW_SIZE = 1 << 20  # per-stream initial window we grant (cloudflared uses 1 MiB)
-CONNECTION_WINDOW = 16 << 20  # connection-level window we grant
+CONNECTION_WINDOW = 32 << 20  # connection-level window we grant (shared by all streams)
 MAX_FRAME_SIZE = 1 << 20
 STREAM_HIGH_WATER = 1 << 20  # pending outbound bytes per stream before the producer is paused
 STREAM_LOW_WATER = 256 << 10

@@ -73,7 +73,4 @@ async def start_hello_world(host: str = "127.0.0.1", port: int = 0) -> tuple[web
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, int(bound)
+    return runner, int(runner.addresses[0][1])

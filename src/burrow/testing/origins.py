@@ -128,6 +128,4 @@ async def start_test_origin(host: str = "127.0.0.1", port: int = 0) -> tuple[web
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None
-    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    return runner, int(runner.addresses[0][1])
