@@ -38,7 +38,8 @@ async def _report(request: web.Request) -> web.StreamResponse:
     return web.Response(text=json.dumps(info, indent=1) + "\n", content_type="application/json")
 
 
-async def _ws(request: web.Request) -> web.StreamResponse:
+async def websocket_echo(request: web.Request) -> web.StreamResponse:
+    """Echo every WebSocket message back (also used by the test origin)."""
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     async for msg in ws:
@@ -61,16 +62,21 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 
 def hello_app() -> web.Application:
     app = web.Application()
-    app.router.add_get("/ws", _ws)
+    app.router.add_get("/ws", websocket_echo)
     app.router.add_get("/sse", _sse)
     app.router.add_route("*", "/{tail:.*}", _report)
     return app
 
 
-async def start_hello_world(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Start the server on loopback; returns the runner (for cleanup) and the bound port."""
-    runner = web.AppRunner(hello_app(), access_log=None)
+async def serve_app(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Start an aiohttp app on loopback; returns the runner (for cleanup) and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await web.TCPSite(runner, host, port).start()
     return runner, int(runner.addresses[0][1])
+
+
+async def start_hello_world(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    return await serve_app(hello_app(), host, port)

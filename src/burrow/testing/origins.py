@@ -17,7 +17,9 @@ import asyncio
 import hashlib
 import json
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
+
+from burrow.origin.hello import serve_app, websocket_echo
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 
@@ -80,17 +82,6 @@ async def _cookies(request: web.Request) -> web.Response:
     return resp
 
 
-async def _ws(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
-    return ws
-
-
 async def _sse(request: web.Request) -> web.StreamResponse:
     n = int(request.query.get("n", "3"))
     interval = float(request.query.get("interval", "0.3"))
@@ -116,7 +107,7 @@ def test_origin_app() -> web.Application:
     app.router.add_get("/fixed", _download)
     app.router.add_route("*", "/status/{code}", _status)
     app.router.add_get("/cookies", _cookies)
-    app.router.add_get("/ws", _ws)
+    app.router.add_get("/ws", websocket_echo)
     app.router.add_get("/sse", _sse)
     app.router.add_get("/slow", _slow)
     app.router.add_route("*", "/{tail:.*}", _echo)
@@ -124,8 +115,4 @@ def test_origin_app() -> web.Application:
 
 
 async def start_test_origin(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(test_origin_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return runner, int(runner.addresses[0][1])
+    return await serve_app(test_origin_app(), host, port)
