@@ -1,0 +1,333 @@
+"""The e2e world: burrow's CLI as subprocesses, curl, readiness polling (used by conftest.py).
+
+`burrow edge serve`, `burrow edge tunnel ...`, `burrow tunnel run` and `burrow demo` run as
+subprocesses of the installed console script on free loopback ports, each edge with its own
+--state-dir under tmp_path; the origin is `burrow.testing.origins` in its own process
+(origin_server.py); requests are made with curl. Readiness is polled (the edge's admin
+/healthz reports `connections`), never slept for. Every process started here is killed by its
+PID at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CURL = shutil.which("curl")
+
+
+def burrow_argv() -> list[str]:
+    """The installed `burrow` console script (what a user runs), else `python -m`."""
+    script = Path(sys.executable).with_name("burrow")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("burrow")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "burrow.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or check}: {last!r}"
+            )
+        time.sleep(interval)
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A field of /proc/PID/status in bytes (VmHWM = peak RSS, VmRSS = current RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            value, unit = line.split()[1:3]
+            assert unit == "kB"
+            return int(value) * 1024
+    raise KeyError(key)
+
+
+class Proc:
+    """One subprocess with stdout/stderr in files (no pipe can fill up and stall it)."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        n = 0
+        while (log_dir / f"{name}.{n}.err").exists():
+            n += 1
+        self.out_path = log_dir / f"{name}.{n}.out"
+        self.err_path = log_dir / f"{name}.{n}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,  # a Ctrl-C at the terminal does not reach it
+            )
+        self.pid = self.popen.pid
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def stop_and_wait(self, sig: int, timeout: float) -> tuple[int, float]:
+        """Send `sig`, wait for the exit; (exit status, seconds it took)."""
+        t0 = time.monotonic()
+        self.signal(sig)
+        code = self.wait(timeout)
+        return code, time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.running():
+            os.kill(self.pid, signal.SIGKILL)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
+            pass
+
+    def vm(self, key: str) -> int:
+        return proc_status(self.pid, key)
+
+    def describe(self) -> str:
+        return f"{self.name} (pid {self.pid}) stderr:\n{self.stderr()[-4000:]}"
+
+
+@dataclass
+class CurlResult:
+    status: int
+    body: bytes
+    stderr: str
+    exit_code: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Edge:
+    proc: Proc
+    state_dir: Path
+    tunnel_port: int
+    http_port: int
+    admin_port: int
+
+    @property
+    def tunnel_addr(self) -> str:
+        return f"127.0.0.1:{self.tunnel_port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.state_dir / "ca.pem"
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def healthz(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/healthz", timeout=2
+            ) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except OSError:
+            return None
+
+    def connections(self) -> int:
+        h = self.healthz()
+        return int(h["connections"]) if h else -1
+
+    def wait_connections(
+        self, n: int, connector: Proc | None = None, timeout: float = 15.0
+    ) -> None:
+        """Poll /healthz until `n` tunnel connections are registered (failing fast, with its
+        log, when the edge or the given connector process has died)."""
+
+        def check() -> bool:
+            assert self.proc.running(), self.proc.describe()
+            if connector is not None:
+                assert connector.running(), connector.describe()
+            return self.connections() >= n
+
+        wait_until(check, timeout, what=f"{n} tunnel connection(s) at the edge")
+
+
+@dataclass
+class E2E:
+    """The per-test world: processes, state directories, the origin, curl."""
+
+    tmp: Path
+    origin_port: int
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.logs = self.tmp / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.home = self.tmp / "home"
+        self.home.mkdir(exist_ok=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.origin_port}"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of every burrow process: no TUNNEL_*/BURROW_* leaking in from the
+        outside, and a HOME of its own so no ~/.cloudflared/config.yml is picked up."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TUNNEL_", "BURROW_", "PYTEST_"))
+        }
+        env["HOME"] = str(self.home)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, [*burrow_argv(), *args], self.logs, self.env(env))
+        self.procs.append(proc)
+        return proc
+
+    def burrow(
+        self, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short burrow command to completion."""
+        return subprocess.run(
+            [*burrow_argv(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(env),
+            stdin=subprocess.DEVNULL,
+        )
+
+    # -- edge ---------------------------------------------------------------------------------
+
+    def start_edge(
+        self,
+        state_dir: Path | None = None,
+        ports: tuple[int, int, int] | None = None,
+        loglevel: str = "info",
+        wait: bool = True,
+    ) -> Edge:
+        sd = state_dir or (self.tmp / "edge-state")
+        tunnel_port, http_port, admin_port = ports or (free_port(), free_port(), free_port())
+        proc = self.spawn(
+            "edge",
+            [
+                "edge",
+                "serve",
+                "--state-dir",
+                str(sd),
+                "--tunnel-listen",
+                f"127.0.0.1:{tunnel_port}",
+                "--http-listen",
+                f"127.0.0.1:{http_port}",
+                "--admin-listen",
+                f"127.0.0.1:{admin_port}",
+                "--loglevel",
+                loglevel,
+            ],
+        )
+        edge = Edge(proc, sd, tunnel_port, http_port, admin_port)
+        if wait:
+
+            def up() -> bool:
+                assert proc.running(), proc.describe()
+                return edge.healthz() is not None and (sd / "edge.json").exists()
+
+            wait_until(up, 20, what="the edge's /healthz")
+        return edge
+
+    def create_tunnel(self, edge: Edge, name: str, *hostnames: str) -> dict[str, Any]:
+        args = ["edge", "tunnel", "create", name, "--state-dir", str(edge.state_dir), "--json"]
+        for h in hostnames:
+            args += ["--hostname", h]
+        r = self.burrow(*args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+    # -- connector ----------------------------------------------------------------------------
+
+    def run_connector(self, *args: str, env: dict[str, str] | None = None) -> Proc:
+        return self.spawn("connector", ["tunnel", "run", "--grace-period", "1", *args], env)
+
+    # -- curl ---------------------------------------------------------------------------------
+
+    def curl(
+        self,
+        url: str,
+        *args: str,
+        host: str | None = None,
+        output: Path | None = None,
+        timeout: float = 20,
+    ) -> CurlResult:
+        assert CURL is not None
+        out = output or (self.tmp / f"curl-body-{time.monotonic_ns()}")
+        argv = [CURL, "-sS", "--max-time", str(timeout), "-o", str(out), "-w", "%{http_code}"]
+        if host:
+            argv += ["-H", f"Host: {host}"]
+        r = subprocess.run(
+            [*argv, *args, url], capture_output=True, text=True, timeout=timeout + 10
+        )
+        body = b""
+        if output is None and out.exists():
+            body = out.read_bytes()
+            out.unlink()
+        status = int(r.stdout.strip() or 0) if r.stdout.strip().isdigit() else 0
+        return CurlResult(status, body, r.stderr, r.returncode)
+
+    def wait_status(
+        self, url: str, status: int, *args: str, host: str | None = None, timeout: float = 10
+    ) -> tuple[CurlResult, float]:
+        """Poll until a request answers `status`; (the response, seconds it took)."""
+        t0 = time.monotonic()
+
+        def check() -> CurlResult | None:
+            r = self.curl(url, *args, host=host, timeout=5)
+            return r if r.status == status else None
+
+        r = wait_until(check, timeout, interval=0.1, what=f"{status} from {host or ''} {url}")
+        return r, time.monotonic() - t0
+
+    def cleanup(self) -> None:
+        for p in reversed(self.procs):
+            p.kill()
