@@ -17,9 +17,10 @@ HOST = {"Host": "app.localhost"}
 
 
 async def test_get_with_query_preserves_host_and_adds_eyeball_headers(stack: TunnelStack) -> None:
-    async with aiohttp.ClientSession() as s, s.get(
-        stack.url("/echo?a=1&b=two"), headers={**HOST, "X-Custom": "v1"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(stack.url("/echo?a=1&b=two"), headers={**HOST, "X-Custom": "v1"}) as r,
+    ):
         assert r.status == 200
         info = await r.json()
     headers = {k.lower(): v for k, v in info["headers"]}
@@ -124,9 +125,10 @@ async def test_download_streams_exact_bytes(stack: TunnelStack, path: str) -> No
     size = 5 * 1024 * 1024 + 123
     digest = hashlib.sha256()
     got = 0
-    async with aiohttp.ClientSession() as s, s.get(
-        stack.url(f"{path}?size={size}"), headers=HOST
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(stack.url(f"{path}?size={size}"), headers=HOST) as r,
+    ):
         assert r.status == 200
         async for chunk in r.content.iter_any():
             digest.update(chunk)
@@ -142,9 +144,10 @@ async def test_chunked_upload(stack: TunnelStack) -> None:
         for i in range(0, len(blob), 100_000):
             yield blob[i : i + 100_000]
 
-    async with aiohttp.ClientSession() as s, s.post(
-        stack.url("/upload"), data=gen(), headers=HOST
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(stack.url("/upload"), data=gen(), headers=HOST) as r,
+    ):
         info = await r.json()
     assert info == {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
@@ -159,9 +162,10 @@ async def test_websocket_echo(stack: TunnelStack) -> None:
 
 
 async def test_origin_down_gives_502_from_connector(stack: TunnelStack) -> None:
-    async with aiohttp.ClientSession() as s, s.get(
-        stack.url("/"), headers={"Host": "down.localhost"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(stack.url("/"), headers={"Host": "down.localhost"}) as r,
+    ):
         assert r.status == 502
         text = await r.text()
     assert "cannot connect to origin 127.0.0.1:1" in text
@@ -178,9 +182,12 @@ async def test_routed_but_not_connected_gives_530(tmp_path) -> None:
     edge = await start_edge(tmp_path)
     try:
         await provision(edge, hostnames=["idle.localhost"])
-        async with aiohttp.ClientSession() as s, s.get(
-            f"http://127.0.0.1:{edge.http_addresses[0][1]}/", headers={"Host": "idle.localhost"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(
+                f"http://127.0.0.1:{edge.http_addresses[0][1]}/", headers={"Host": "idle.localhost"}
+            ) as r,
+        ):
             assert r.status == 530
             text = await r.text()
             assert "Error 1033" in text and "not connected" in text

@@ -112,6 +112,13 @@ class AppIndex:
     def __bool__(self) -> bool:
         return bool(self._exact or self._wild)
 
+    def covers_host(self, host: str) -> bool:
+        """Whether any application (on any path) is on this host."""
+        if host in self._exact:
+            return True
+        labels = host.split(".")
+        return any(".".join(labels[i:]) in self._wild for i in range(1, len(labels)))
+
     def find(self, host: str, normalized_path: str) -> Application | None:
         for app in self._exact.get(host, ()):
             if app.covers_path(normalized_path):

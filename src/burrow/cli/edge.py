@@ -10,6 +10,7 @@ import typer
 import yaml
 
 from burrow.cli.common import fail, handle_errors, run_async, serve_until_signal, split_list
+from burrow.cli.edge_front import FrontDoorOptions, apply_front_door
 from burrow.cli.main import edge_app
 from burrow.connector.credentials import write_credentials_file
 from burrow.edge.provision import advertised_edges, create_tunnel, record_addresses
@@ -103,13 +104,48 @@ def serve(
     store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL", help="SQLAlchemy URL of the state store."),
     loglevel: str = typer.Option("info", "--loglevel"),
     output: str = typer.Option("text", "--output", help="Log format: text or json."),
+    logfile: str = typer.Option(None, "--logfile", help="Write logs to this file instead of stderr."),
+    grace_period: float = typer.Option(None, "--grace-period", help="Seconds in-flight requests get on shutdown (default 30)."),
+    header_timeout: float = typer.Option(None, "--header-timeout", help="Seconds an eyeball gets to send a request head (default 30)."),
+    idle_timeout: float = typer.Option(None, "--idle-timeout", help="Seconds an idle keep-alive connection stays open (default 120)."),
+    max_conns_per_ip: int = typer.Option(None, "--max-conns-per-ip", help="Open eyeball connections per source address (default 512, 0 = no limit)."),
+    rate_per_ip: str = typer.Option(None, "--rate-per-ip", help="Requests per second per source address, RATE or RATE/BURST (default off)."),
+    rate_per_host: str = typer.Option(None, "--rate-per-host", help="Requests per second per hostname, RATE or RATE/BURST (default off)."),
+    max_body: str = typer.Option(None, "--max-body", help="Request body limit, e.g. 100M (default none)."),
+    body_limit: list[str] = typer.Option(None, "--body-limit", help="Per-hostname body limit HOST=SIZE (repeatable)."),
+    max_streams_per_tunnel: int = typer.Option(None, "--max-streams-per-tunnel", help="Concurrent requests per tunnel (default 0 = no limit)."),
+    waf_rules: Path = typer.Option(None, "--waf-rules", help="YAML file of WAF custom rules (re-read when it changes)."),
+    https_listen: list[str] = typer.Option(None, "--https-listen", help="Public HTTPS ADDR:PORT (repeatable; default off, port 443)."),
+    tls_cert: list[Path] = typer.Option(None, "--tls-cert", help="Certificate chain PEM for HTTPS (repeatable; chosen by SNI)."),
+    tls_key: list[Path] = typer.Option(None, "--tls-key", help="Private key PEM for the --tls-cert at the same position."),
+    redirect_https: bool = typer.Option(False, "--redirect-https", help="Redirect plain HTTP requests to HTTPS."),
 ) -> None:
     """Run the edge."""
 
     def go() -> None:
-        setup_logging(loglevel, output=output)
+        setup_logging(loglevel, output=output, logfile=logfile)
         cfg = build_edge_config(
             config, state_dir, tunnel_listen, http_listen, admin_listen, name, location, store_url
+        )
+        if grace_period is not None:
+            cfg.grace_period = grace_period
+        apply_front_door(
+            cfg,
+            FrontDoorOptions(
+                header_timeout=header_timeout,
+                idle_timeout=idle_timeout,
+                max_conns_per_ip=max_conns_per_ip,
+                rate_per_ip=rate_per_ip,
+                rate_per_host=rate_per_host,
+                max_body=max_body,
+                body_limit=body_limit or [],
+                max_streams_per_tunnel=max_streams_per_tunnel,
+                waf_rules=waf_rules,
+                https_listen=https_listen or [],
+                tls_cert=tls_cert or [],
+                tls_key=tls_key or [],
+                redirect_https=redirect_https,
+            ),
         )
 
         async def main() -> None:

@@ -25,7 +25,9 @@ app.add_typer(access_app, name="access")
 
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to the apps above.
-    from burrow.cli import demo, edge, ingress, tunnel  # noqa: F401
+    from burrow.cli import demo, edge, edge_ingress, ingress, tunnel  # noqa: F401
+    from burrow.cli import access  # noqa: F401
+    from burrow.cli import manage, operator  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

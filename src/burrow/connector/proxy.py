@@ -8,6 +8,7 @@ warm connections.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from typing import Any
@@ -15,17 +16,22 @@ from typing import Any
 from burrow.connector.session import ConnectorSession
 from burrow.ingress.config import OriginRequest
 from burrow.ingress.rules import (
+    BastionService,
     HelloWorldService,
     HTTPService,
     Ingress,
     Rule,
     StatusService,
+    StreamService,
     UnixService,
 )
-from burrow.origin.tls import origin_context
 from burrow.net.h2conn import H2Stream, Headers
+from burrow.observability.metrics import ProxyStats
 from burrow.origin.connection import OriginAddress, OriginPool
+from burrow.origin.h2origin import H2OriginPool, H2Relay, h2_alpn_context
 from burrow.origin.relay import HTTPRelay, RelayOptions
+from burrow.origin.stream import start_stream_bridge
+from burrow.origin.tls import origin_context
 from burrow.wire.tunnel_h2 import (
     StreamType,
     connector_error_headers,
@@ -48,7 +54,8 @@ class Dispatcher:
         self.connector_id = connector_id
         self.hello_address = hello_address
         self.origin_ca_pool = origin_ca_pool
-        self._pools: dict[Any, OriginPool] = {}
+        self.stats = ProxyStats()
+        self._pools: dict[Any, OriginPool | H2OriginPool] = {}
         self._ssl: dict[Any, ssl.SSLContext] = {}
 
     def replace_ingress(self, ingress: Ingress) -> None:
@@ -71,15 +78,33 @@ class Dispatcher:
                 path = value
             elif name[:1] != b":":
                 break
+        self.stats.total_requests += 1
         host_s = host.decode("latin-1")
         path_s = path.decode("latin-1").split("?", 1)[0]
         _, rule = self.ingress.match(host_s, path_s)
         service = rule.service
+        if kind is StreamType.TCP or (
+            kind is StreamType.WEBSOCKET and isinstance(service, (StreamService, BastionService))
+        ):
+            # TCP over WebSocket (access tcp/ssh/rdp, bastion) or a raw TCP stream.
+            tcp = kind is StreamType.TCP
+            start_stream_bridge(
+                stream,
+                headers,
+                dest=host_s if tcp else getattr(service, "dest", None),
+                websocket=not tcp,
+                describe=f"tcp://{host_s}" if tcp else str(service),
+                require_ip=tcp,
+                connect_timeout=rule.origin_request.connect_timeout,
+                tcp_keepalive=rule.origin_request.tcp_keep_alive,
+            )
+            return
         if kind is StreamType.HTTP or kind is StreamType.WEBSOCKET:
             if isinstance(service, StatusService):
                 self._status(stream, service.code)
                 return
-            pool = self._pool_for(rule)
+            websocket = kind is StreamType.WEBSOCKET
+            pool = self._pool_for(rule, host_s, h2=not websocket)
             if pool is None:
                 log.error("no origin for %s%s: service %s is not supported yet", host_s, path_s, service)
                 self._error(stream, 502, f"service {service} is not supported for HTTP requests")
@@ -88,26 +113,32 @@ class Dispatcher:
                 http_host_header=rule.origin_request.http_host_header,
                 disable_chunked_encoding=rule.origin_request.disable_chunked_encoding,
                 connector_id=self.connector_id,
+                stats=self.stats,
             )
-            HTTPRelay(
-                stream, headers, end_stream, pool, options, websocket=kind is StreamType.WEBSOCKET
-            )
+            if isinstance(pool, H2OriginPool):
+                H2Relay(stream, headers, end_stream, pool, options)
+                return
+            HTTPRelay(stream, headers, end_stream, pool, options, websocket=websocket)
             return
         self._error(stream, 502, f"stream type {kind.value} is not supported by this connector")
 
     # --- simple answers ---------------------------------------------------------------------
 
     def _status(self, stream: H2Stream, code: int) -> None:
+        self.stats.response(code)
         stream.send_headers(origin_response_headers(code, [(b"Content-Length", b"0")]), end_stream=True)
 
     def _error(self, stream: H2Stream, status: int, message: str) -> None:
+        self.stats.error()
         stream.send_headers(connector_error_headers(status))
         stream.write(f"burrow connector: {message}\n".encode())
         stream.end()
 
     # --- origin pools -------------------------------------------------------------------------
 
-    def _pool_for(self, rule: Rule) -> OriginPool | None:
+    def _pool_for(
+        self, rule: Rule, request_host: str, *, h2: bool = True
+    ) -> OriginPool | H2OriginPool | None:
         service = rule.service
         opts = rule.origin_request
         if isinstance(service, HTTPService):
@@ -121,34 +152,44 @@ class Dispatcher:
             (host, port), unix = self.hello_address, None
         else:
             return None
-        key = (host, port, unix, secure, opts)
+        server_name = _server_name(service, opts, request_host) if secure else None
+        use_h2 = h2 and secure and opts.http2_origin
+        key = (host, port, unix, secure, server_name, use_h2, opts)
         pool = self._pools.get(key)
         if pool is None:
-            ctx = self._ssl_context(opts) if secure else None
-            server_name = opts.origin_server_name or (host if secure else None)
             address = OriginAddress(
                 host=host,
                 port=port,
-                ssl=ctx,
+                ssl=self._ssl_context(opts) if secure else None,
                 server_hostname=server_name,
                 unix_path=unix,
                 connect_timeout=opts.connect_timeout,
                 tcp_keepalive=opts.tcp_keep_alive,
+                tls_timeout=opts.tls_timeout,
+                happy_eyeballs=not opts.no_happy_eyeballs,
             )
-            pool = OriginPool(
-                address, max_idle=opts.keep_alive_connections, idle_timeout=opts.keep_alive_timeout
+            # Go's Transport: MaxIdleConnsPerHost 0 means its default of 2, not "no reuse".
+            max_idle = opts.keep_alive_connections if opts.keep_alive_connections > 0 else 2
+            http1_pool = OriginPool(
+                address, max_idle=max_idle, idle_timeout=opts.keep_alive_timeout
             )
+            pool = http1_pool
+            if use_h2:
+                h2_address = dataclasses.replace(address, ssl=self._ssl_context(opts, h2=True))
+                pool = H2OriginPool(h2_address, fallback=http1_pool)
             self._pools[key] = pool
         return pool
 
-    def _ssl_context(self, opts: OriginRequest) -> ssl.SSLContext:
-        key = (opts.ca_pool, opts.no_tls_verify, self.origin_ca_pool)
+    def _ssl_context(self, opts: OriginRequest, *, h2: bool = False) -> ssl.SSLContext:
+        key = (opts.ca_pool, opts.no_tls_verify, self.origin_ca_pool, h2)
         ctx = self._ssl.get(key)
         if ctx is None:
             ctx = origin_context(
                 extra_ca=[p for p in (opts.ca_pool, self.origin_ca_pool) if p],
                 verify=not opts.no_tls_verify,
             )
+            if h2:
+                ctx = h2_alpn_context(ctx)
             self._ssl[key] = ctx
         return ctx
 
@@ -156,3 +197,18 @@ class Dispatcher:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _server_name(service: object, opts: OriginRequest, request_host: str) -> str:
+    """The TLS server name toward an origin, as cloudflared's transport picks it:
+    `matchSNItoHost` uses the request's Host (after `httpHostHeader`), else `originServerName`,
+    else the service URL's host; for `unix+tls:` the URL host is the request's host."""
+    host = request_host.rsplit(":", 1)[0] if request_host.count(":") == 1 else request_host
+    host = host.strip("[]")
+    if opts.match_sni_to_host and isinstance(service, HTTPService):
+        return opts.http_host_header or host
+    if opts.origin_server_name:
+        return opts.origin_server_name
+    if isinstance(service, HTTPService):
+        return service.host
+    return host

@@ -148,6 +148,7 @@ class ConnectorSession(H2Endpoint):
         self.closed_event = asyncio.Event()
         self.unregister_done = asyncio.Event()
         self.goaway_received = False
+        self.goaway_event = asyncio.Event()  # the edge is draining us: reconnect elsewhere
         self.in_flight = 0
         self._control: _ControlHandler | None = None
 
@@ -193,6 +194,7 @@ class ConnectorSession(H2Endpoint):
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.goaway_received = True
+        self.goaway_event.set()
 
     def h2_closed(self, exc: Exception | None) -> None:
         self.registration_failed(

@@ -9,6 +9,7 @@ is withheld, so the connector stops sending.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from burrow.errors import RemoteProtocolError
@@ -36,6 +37,49 @@ _DROP_REQUEST = http1.HOP_BY_HOP | {
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+def tunnel_request_headers(
+    method: bytes,
+    path: bytes,
+    host: str,
+    headers: Headers,
+    *,
+    scheme_b: bytes,
+    visitor_b: bytes,
+    ip_b: bytes,
+    ray: str,
+    websocket: bool = False,
+) -> Headers:
+    """The h2 request headers of a tunnel stream for one eyeball request (HTTP/1.1 or h2):
+    the eyeball's headers minus hop-by-hop/internal ones, plus the edge-provided ones.
+    `headers` have lower-case names."""
+    out: Headers = [
+        (b":method", method),
+        (b":scheme", scheme_b),
+        (b":authority", host.encode()),
+        (b":path", path),
+    ]
+    drop = _DROP_REQUEST
+    named = http1.connection_tokens(headers) if headers else set()
+    xff: bytes | None = None
+    for name, value in headers:
+        if name in drop or name in named or is_internal_header(name):
+            if name == b"te" and value.strip().lower() == b"trailers":
+                out.append((name, b"trailers"))
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        out.append((name, value))
+    out.append((b"x-forwarded-for", ip_b if xff is None else xff + b", " + ip_b))
+    out.append((b"cf-connecting-ip", ip_b))
+    out.append((b"x-forwarded-proto", scheme_b))
+    out.append((b"cf-ray", ray.encode()))
+    out.append((b"cf-visitor", visitor_b))
+    if websocket:
+        out.append((UPGRADE_HEADER, b"websocket"))
+    return out
+
+
 class Exchange:
     """StreamHandler for one proxied request."""
 
@@ -43,6 +87,9 @@ class Exchange:
         "_chunked",
         "_close_after",
         "_counted",
+        "_status",
+        "_t0",
+        "_ttfb",
         "_unacked",
         "conn",
         "eyeball",
@@ -78,6 +125,9 @@ class Exchange:
         self._close_after = not head.keep_alive
         self._unacked = 0
         self._counted = True
+        self._t0 = time.monotonic()
+        self._status = 0
+        self._ttfb: float | None = None
         has_body = self.websocket or head.chunked or bool(head.content_length)
         conn.in_flight += 1
         self.stream: H2Stream | None = conn.open_stream(
@@ -87,35 +137,18 @@ class Exchange:
             self.request_done = True
 
     def _tunnel_headers(self, path: bytes) -> Headers:
-        head = self.head
         eyeball = self.eyeball
-        out: Headers = [
-            (b":method", head.method),
-            (b":scheme", eyeball.scheme_b),
-            (b":authority", self.host.encode()),
-            (b":path", path),
-        ]
-        drop = _DROP_REQUEST
-        named = http1.connection_tokens(head.headers) if head.headers else set()
-        xff: bytes | None = None
-        for name, value in head.headers:
-            if name in drop or name in named or is_internal_header(name):
-                if name == b"te" and value.strip().lower() == b"trailers":
-                    out.append((name, b"trailers"))
-                continue
-            if name == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-                continue
-            out.append((name, value))
-        ip = eyeball.client_ip_b
-        out.append((b"x-forwarded-for", ip if xff is None else xff + b", " + ip))
-        out.append((b"cf-connecting-ip", ip))
-        out.append((b"x-forwarded-proto", eyeball.scheme_b))
-        out.append((b"cf-ray", self.ray.encode()))
-        out.append((b"cf-visitor", eyeball.visitor_b))
-        if self.websocket:
-            out.append((UPGRADE_HEADER, b"websocket"))
-        return out
+        return tunnel_request_headers(
+            self.head.method,
+            path,
+            self.host,
+            self.head.headers,
+            scheme_b=eyeball.scheme_b,
+            visitor_b=eyeball.visitor_b,
+            ip_b=eyeball.client_ip_b,
+            ray=self.ray,
+            websocket=self.websocket,
+        )
 
     # --- eyeball -> tunnel ----------------------------------------------------------------------
 
@@ -153,6 +186,8 @@ class Exchange:
             return
         if 100 <= status < 200 and status != 101:
             return  # informational: nothing to relay for HTTP/1.1 eyeballs here
+        self._status = status
+        self._ttfb = time.monotonic() - self._t0
         content_length: bytes | None = None
         for name, value in headers:
             if name == b"content-length":
@@ -233,7 +268,11 @@ class Exchange:
             self._unacked = 0
 
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None:
-        self._response_end()
+        # A chunked HTTP/1.1 response carries the origin's trailers (gRPC status and the like)
+        # in its last chunk; otherwise there is nowhere to put them.
+        self._response_end(
+            [(n, v) for n, v in headers if n[:1] != b":" and not is_internal_header(n.lower())]
+        )
 
     def on_end(self, stream: H2Stream) -> None:
         self._response_end()
@@ -244,6 +283,7 @@ class Exchange:
         self.response_done = True
         self._finish_accounting()
         if not self.response_started:
+            self._status = 502
             self.eyeball.exchange_failed(self, 502, None)
         else:
             # Mid-body failure: the only honest signal to an HTTP/1.1 client is to cut it off.
@@ -252,12 +292,16 @@ class Exchange:
     def on_writable(self, stream: H2Stream) -> None:
         self.eyeball.resume_reading()
 
-    def _response_end(self) -> None:
+    def _response_end(self, trailers: Headers | None = None) -> None:
         if self.response_done:
             return
         self.response_done = True
         if self._chunked:
-            self.eyeball.write(http1.LAST_CHUNK)
+            if trailers:
+                lines = b"".join(n + b": " + v + b"\r\n" for n, v in trailers)
+                self.eyeball.write(b"0\r\n" + lines + b"\r\n")
+            else:
+                self.eyeball.write(http1.LAST_CHUNK)
         if self.websocket and self.stream is not None and not self.stream.local_ended:
             # No half-close in the tunnel: the origin ended, so the whole flow ends.
             self.stream.end()
@@ -268,4 +312,14 @@ class Exchange:
         """Count the stream out of the connection's in-flight total, exactly once."""
         if self._counted:
             self._counted = False
-            self.conn.in_flight -= 1
+            self.conn.stream_finished()
+            stats = self.eyeball.ctx.stats
+            if stats is not None:
+                # 499 (nginx's "client closed request") when the eyeball left before a response.
+                stats.request(
+                    self.conn.tunnel_id,
+                    self.host,
+                    self._status or 499,
+                    self._ttfb,
+                    time.monotonic() - self._t0,
+                )

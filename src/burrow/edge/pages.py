@@ -37,7 +37,7 @@ def render(error: EdgeError, host: str, ray: str, detail: str | None = None) -> 
     """A small HTML page; text is escaped (the host comes from the client)."""
     text = html.escape(detail or error.detail)
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>Error {error.code}: {html.escape(error.title)}</title></head>\n"
         f"<body><h1>Error {error.code}: {html.escape(error.title)}</h1>\n"
         f"<p>{text}</p>\n<p>Host: {html.escape(host)}<br>Ray ID: {html.escape(ray)}</p>\n"

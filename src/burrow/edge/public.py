@@ -18,16 +18,16 @@ from typing import Any, cast
 
 from burrow.edge import pages
 from burrow.edge.exchange import Exchange
+from burrow.edge.gate import TOO_LARGE, TOO_MANY_CONNECTIONS, Gate, LimitSettings, Refusal
 from burrow.edge.registry import Registry
 from burrow.errors import HTTPRequestError
+from burrow.observability.metrics import EdgeStats
 from burrow.wire import http1
 
 log = logging.getLogger("burrow.edge.public")
 
 WRITE_HIGH = 1 << 20
 WRITE_LOW = 256 << 10
-HEADER_TIMEOUT = 30.0  # seconds allowed to send a complete request head
-IDLE_TIMEOUT = 120.0
 
 
 @dataclass(slots=True)
@@ -39,6 +39,10 @@ class PublicContext:
     location: str
     max_header_bytes: int = 32 * 1024
     max_target_bytes: int = 16 * 1024
+    stats: EdgeStats | None = None  # request accounting (burrow.observability.metrics)
+    gate: Gate = field(default_factory=lambda: Gate(LimitSettings()))
+    https_redirect_port: int | None = None  # set: plain HTTP requests are redirected there
+    access: Any = None  # burrow.edge.access_gate.AccessGate when Access is enabled
     _ray_base: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "big"))
     _ray_counter: Any = field(default_factory=itertools.count)
 
@@ -64,6 +68,8 @@ class EyeballProtocol(asyncio.Protocol):
         self.closing = False
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._conn_counted = False
+        self._body_left = -1  # request body bytes still allowed (-1: no limit)
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -76,7 +82,14 @@ class EyeballProtocol(asyncio.Protocol):
             ip = ip[7:]
         self.client_ip_b = ip.encode()
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
-        self._arm_timer(HEADER_TIMEOUT)
+        gate = self.ctx.gate
+        if not gate.connection_opened(ip):
+            body = pages.render(TOO_MANY_CONNECTIONS, "", "-")
+            self._write_simple(429, body, "-", keep_alive=False, extra=[(b"Retry-After", b"5")])
+            self._close_soon()
+            return
+        self._conn_counted = True
+        self._arm_timer(gate.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.raw is not None:
@@ -107,6 +120,9 @@ class EyeballProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
+        if self._conn_counted:
+            self._conn_counted = False
+            self.ctx.gate.connection_closed(self.client_ip_b.decode())
         exchange = self.current or self.raw
         self.current = self.raw = None
         if exchange is not None:
@@ -127,6 +143,11 @@ class EyeballProtocol(asyncio.Protocol):
         current = self.current
         if current is not None and not current.request_done:
             if type(event) is http1.Data:
+                if self._body_left >= 0:
+                    self._body_left -= len(event.data)
+                    if self._body_left < 0:
+                        self._body_too_large(current)
+                        return
                 current.request_data(event.data)
             elif type(event) is http1.EndOfMessage:
                 current.request_end()
@@ -174,31 +195,117 @@ class EyeballProtocol(asyncio.Protocol):
             self._reject(400, "missing or invalid Host header")
             return
         ray = ctx.next_ray()
+        if ctx.https_redirect_port is not None and self.scheme_b == b"http":
+            if not path.startswith(b"/.well-known/acme-challenge/"):
+                self._redirect_https(head, host, path, ray)
+                return
+        gate = ctx.gate
+        refusal = gate.check_request(
+            ip=self.client_ip_b.decode(),
+            host=host,
+            method=head.method,
+            target=path,
+            headers=head.headers,
+            content_length=head.content_length,
+            ssl=self.scheme_b == b"https",
+            ray=ray,
+        )
+        if refusal is not None:
+            self._refuse(head, refusal, host, ray)
+            return
+        if ctx.access is not None and (path := ctx.access.http1(self, head, host, path, ray)) is None:
+            return  # answered by Access (login redirect, 401/403, /cdn-cgi/access/*)
         tunnel_id = ctx.lookup(host)
         if tunnel_id is None:
+            if ctx.stats is not None:
+                ctx.stats.request(None, "", pages.UNKNOWN_HOST.status, None, 0.0)
             self._local_error(head, pages.UNKNOWN_HOST, host, ray)
             return
-        conn = ctx.registry.pick(tunnel_id)
+        conn = gate.pick(ctx.registry, tunnel_id)
+        if type(conn) is Refusal:
+            self._refuse(head, conn, host, ray)
+            return
         if conn is None:
+            if ctx.stats is not None:
+                ctx.stats.request(tunnel_id, host, pages.TUNNEL_DOWN.status, None, 0.0)
             self._local_error(head, pages.TUNNEL_DOWN, host, ray)
             return
+        limit = gate.body_limit(host) if head.chunked else 0
+        self._body_left = limit if limit else -1
         if head.expect_continue and (head.content_length or head.chunked):
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.current = Exchange(self, head, host, path, conn, ray)  # type: ignore[arg-type]
 
     def _local_error(
-        self, head: http1.RequestHead, error: pages.EdgeError, host: str, ray: str
+        self,
+        head: http1.RequestHead,
+        error: pages.EdgeError,
+        host: str,
+        ray: str,
+        detail: str | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Answer from the edge; the request body (if any) is discarded by closing afterwards."""
-        body = pages.render(error, host, ray)
+        body = pages.render(error, host, ray, detail)
         has_body = head.chunked or bool(head.content_length)
         keep = head.keep_alive and not has_body
-        self._write_simple(error.status, body, ray, keep_alive=keep, head_only=head.method == b"HEAD")
+        self._write_simple(
+            error.status, body, ray, keep_alive=keep, head_only=head.method == b"HEAD", extra=extra
+        )
         if not keep:
             self._close_soon()
+        else:
+            self._arm_timer(self.ctx.gate.settings.idle_timeout)
+
+    def _redirect_https(self, head: http1.RequestHead, host: str, path: bytes, ray: str) -> None:
+        port = self.ctx.https_redirect_port
+        authority = f"[{host}]" if ":" in host else host
+        if port != 443:
+            authority += f":{port}"
+        location = b"https://" + authority.encode() + path
+        status = 301 if head.method in (b"GET", b"HEAD") else 308
+        has_body = head.chunked or bool(head.content_length)
+        keep = head.keep_alive and not has_body
+        headers = [
+            (b"Location", location),
+            (b"Content-Length", b"0"),
+            (b"Cf-Ray", ray.encode()),
+            (b"Server", b"burrow"),
+        ]
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        self.write(http1.serialize_response_head(status, None, headers))
+        if keep:
+            self._arm_timer(self.ctx.gate.settings.idle_timeout)
+        else:
+            self._close_soon()
+
+    def _refuse(self, head: http1.RequestHead, refusal: Refusal, host: str, ray: str) -> None:
+        self._local_error(
+            head, refusal.error, host, ray, refusal.detail, refusal.extra_headers() or None
+        )
+
+    def _body_too_large(self, exchange: Exchange) -> None:
+        """A chunked body ran past the hostname's limit: cancel the stream, answer 413."""
+        started = exchange.response_started
+        exchange.eyeball_closed()  # resets the tunnel stream, settles the accounting
+        self.current = self.raw = None
+        if started:
+            self._close_soon()
+            return
+        body = pages.render(TOO_LARGE, exchange.host, exchange.ray)
+        self._write_simple(413, body, exchange.ray, keep_alive=False)
+        self._close_soon()
 
     def _write_simple(
-        self, status: int, body: bytes, ray: str, *, keep_alive: bool, head_only: bool = False
+        self,
+        status: int,
+        body: bytes,
+        ray: str,
+        *,
+        keep_alive: bool,
+        head_only: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         headers = [
             (b"Content-Type", b"text/html; charset=utf-8"),
@@ -206,15 +313,21 @@ class EyeballProtocol(asyncio.Protocol):
             (b"Cf-Ray", ray.encode()),
             (b"Server", b"burrow"),
         ]
+        if extra:
+            headers.extend(extra)
         if not keep_alive:
             headers.append((b"Connection", b"close"))
-        self.write(http1.serialize_response_head(status, None, headers) + (b"" if head_only else body))
+        self.write(
+            http1.serialize_response_head(status, None, headers) + (b"" if head_only else body)
+        )
 
     def _reject(self, status: int, message: str) -> None:
         """Malformed request: answer with `status` and close the connection."""
         if self.transport is None or self.closing:
             return
-        log.info("rejected eyeball request from %s: %d %s", self.client_ip_b.decode(), status, message)
+        log.info(
+            "rejected eyeball request from %s: %d %s", self.client_ip_b.decode(), status, message
+        )
         if self.current is None or not self.current.response_started:
             body = pages.render(
                 pages.EdgeError(status, status, "Bad request", message), "", self.ctx.next_ray()
@@ -250,7 +363,7 @@ class EyeballProtocol(asyncio.Protocol):
         if close:
             self._close_soon()
             return
-        self._arm_timer(IDLE_TIMEOUT)
+        self._arm_timer(self.ctx.gate.settings.idle_timeout)
         while self.backlog and self.current is None and not self.closing:
             self._event(self.backlog.popleft())
         if self.current is None or self.current.request_done:

@@ -15,17 +15,26 @@ from pathlib import Path
 
 from aiohttp import web
 
+from burrow.access.service import AccessService
+from burrow.edge import access_gate
+from burrow.edge.certs import CertStore
+from burrow.edge.gate import Gate, LimitSettings
 from burrow.edge.public import EyeballProtocol, PublicContext
+from burrow.edge.public_h2 import AlpnDispatch
 from burrow.edge.registry import Registry
+from burrow.edge.remote_config import RemoteConfigs
 from burrow.edge.tunnel_conn import Accepted, EdgeTunnelConnection
 from burrow.errors import NotFound, RegistrationError, StoreError
 from burrow.net import tls
 from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
 from burrow.net.ratelimit import KeyedRateLimiter
+from burrow.observability.metrics import CONTENT_TYPE, EdgeStats, EdgeView, edge_registry, render
 from burrow.pki.ca import EdgePKI
+from burrow.store.journal import ConnectionJournal, node_id_for, record_for
 from burrow.store.records import RoutingSnapshot
 from burrow.store.secrets import verify_secret
 from burrow.store.sqlalchemy_store import SQLStore
+from burrow.waf.rules import WafEngine
 from burrow.wire.registration import RegistrationRequest
 
 log = logging.getLogger("burrow.edge")
@@ -54,12 +63,21 @@ class EdgeConfig:
     grace_period: float = 30.0
     handshake_rate: float = 10.0  # TLS handshakes per second per source address
     handshake_burst: float = 40.0
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    waf_rules: Path | None = None  # YAML file of WAF custom rules, re-read when it changes
+    https_listen: list[str] = field(default_factory=list)  # public HTTPS ADDR:PORT (443)
+    tls_certs: list[tuple[Path, Path]] = field(default_factory=list)  # (cert, key), SNI by SAN
+    redirect_https: bool = False  # answer plain HTTP with a redirect to HTTPS
+    access_team_domain: str = ""  # hosts the Access login pages (e.g. auth.example.com)
 
 
-class EdgeServer:
+class EdgeServer(EdgeView):
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.registry = Registry()
+        self.remote_configs = RemoteConfigs()
+        self.stats = EdgeStats()
+        self.metrics = edge_registry(self)
         self.snapshot = RoutingSnapshot(routes={}, wildcards={}, tunnels={})
         self.store: SQLStore | None = None
         self.pki: EdgePKI | None = None
@@ -70,12 +88,19 @@ class EdgeServer:
         self._generation = -1
         self._handshakes = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
         self._registrations = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
+        self.waf = WafEngine.from_file(config.waf_rules) if config.waf_rules else None
+        self.gate = Gate(config.limits, self.waf)
         self.public = PublicContext(
-            lookup=self._lookup, registry=self.registry, location=config.location
+            lookup=self._lookup, registry=self.registry, location=config.location, gate=self.gate
         )
+        self.public.stats = self.stats
         self.tunnel_addresses: list[tuple[str, int]] = []
         self.http_addresses: list[tuple[str, int]] = []
+        self.https_addresses: list[tuple[str, int]] = []
+        self.certs: CertStore | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.journal: ConnectionJournal | None = None  # live connections in the store
+        self.access: AccessService | None = None  # Zero Trust access (burrow.access.service)
 
     def _lookup(self, host: str) -> uuid.UUID | None:
         return self.snapshot.lookup(host)
@@ -87,7 +112,11 @@ class EdgeServer:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pki = EdgePKI.load_or_create(cfg.state_dir, cfg.names)
         self.store = await SQLStore.open(cfg.store_url or store_url_for(cfg.state_dir))
+        self.access = access_gate.start_access(self.store, cfg.state_dir, cfg.access_team_domain)
+        self.public.access = access_gate.AccessGate(self.access)
         await self.reload()
+        self.journal = ConnectionJournal(self.store, node_id_for(cfg.state_dir))
+        await self.journal.start()
         loop = asyncio.get_running_loop()
         ssl_ctx = tls.server_context(self.pki.leaf_cert_path, self.pki.leaf_key_path)
         for addr in cfg.tunnel_listen:
@@ -102,6 +131,8 @@ class EdgeServer:
             )
             self._servers.append(http_server)
             self.http_addresses.append(http_server.sockets[0].getsockname()[:2])
+        if cfg.https_listen:
+            await self._start_https(cfg)
         if cfg.admin_listen:
             await self._start_admin(cfg.admin_listen)
         self._poller = loop.create_task(self._poll())
@@ -132,8 +163,38 @@ class EdgeServer:
             await self._admin_runner.cleanup()
         for server in self._servers:
             await server.wait_closed()
+        if self.journal is not None:
+            await self.journal.stop()
         if self.store is not None:
             await self.store.close()
+
+    async def _start_https(self, cfg: EdgeConfig) -> None:
+        """The public HTTPS listener: SNI picks the certificate, ALPN picks h2 or HTTP/1.1."""
+        assert self.pki is not None
+        self.certs = CertStore(
+            self.pki,
+            cfg.names,
+            cfg.tls_certs,
+            is_routed=lambda host: self.snapshot.lookup(host) is not None,
+        )
+        loop = asyncio.get_running_loop()
+        for addr in cfg.https_listen:
+            host, port = parse_hostport(addr, 443)
+            server = await loop.create_server(
+                lambda: AlpnDispatch(self.public),
+                host,
+                port,
+                ssl=self.certs.default,
+                ssl_handshake_timeout=cfg.limits.header_timeout,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            self.https_addresses.append(server.sockets[0].getsockname()[:2])
+        if cfg.redirect_https:
+            self.public.https_redirect_port = self.https_addresses[0][1]
+        log.info(
+            "https listening on %s", ",".join(format_hostport(*a) for a in self.https_addresses)
+        )
 
     # --- routing snapshot ---------------------------------------------------------------------
 
@@ -142,7 +203,13 @@ class EdgeServer:
         generation = await self.store.change_counter()
         if generation != self._generation:
             self.snapshot = await self.store.snapshot()
+            if self.access is not None:
+                await self.access.refresh()  # access apps, tokens, keys, revocations
             self._generation = generation
+            for changed in await self.remote_configs.refresh(self.store):
+                for live in self.registry.connections(changed.tunnel_id):
+                    if live.accepting:
+                        self.remote_configs.push_to(live, changed)
             for conn in self.registry.all():
                 if conn.tunnel_id not in self.snapshot.tunnels:
                     log.info("tunnel %s was deleted: closing its connections", conn.tunnel_id)
@@ -152,6 +219,10 @@ class EdgeServer:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_interval)
+            if self.waf is not None:
+                self.waf.maybe_reload()
+            if self.certs is not None:
+                self.certs.maybe_reload()
             try:
                 await self.reload()
             except StoreError as exc:
@@ -169,7 +240,7 @@ class EdgeServer:
 
     def _new_tunnel_conn(self, ip: str) -> EdgeTunnelConnection:
         conn = EdgeTunnelConnection(
-            authenticate=self._authenticate,
+            authenticate=self._authenticate_counted,
             on_registered=self._registered,
             on_gone=self._gone,
             location=self.config.location,
@@ -179,10 +250,29 @@ class EdgeServer:
         return conn
 
     def _registered(self, conn: EdgeTunnelConnection) -> None:
+        if self.remote_configs.managed(conn.tunnel_id):
+            self.remote_configs.push_to(conn)
+        self.stats.registration_success += 1
         self.registry.add(conn)
+        if self.journal is not None:  # a background write; never awaited here
+            self.journal.opened(record_for(conn, self.journal.node, self.config.location))
+
+    async def _authenticate_counted(
+        self, conn: EdgeTunnelConnection, request: RegistrationRequest
+    ) -> Accepted:
+        try:
+            return await self._authenticate(conn, request)
+        except RegistrationError as exc:
+            self.stats.registration_failed(registration_cause(exc.cause))
+            raise
+
+    def metric_connections(self) -> list[tuple[uuid.UUID, bool, int]]:
+        return [(c.tunnel_id, c.accepting, c.in_flight) for c in self.connections if c.registered]
 
     def _gone(self, conn: EdgeTunnelConnection) -> None:
         self.registry.remove(conn)
+        if self.journal is not None and conn.registered:
+            self.journal.closed(conn.connection_id)
         if conn.closed:
             self.connections.discard(conn)
         else:
@@ -238,14 +328,23 @@ class EdgeServer:
                     other.shutdown()
                 else:
                     raise RegistrationError("EDUPCONN", retryable=True)
-        return Accepted(tunnel_id=record.id, account_id=record.account_id, tunnel_name=record.name)
+        return Accepted(
+            tunnel_id=record.id,
+            account_id=record.account_id,
+            tunnel_name=record.name,
+            remotely_managed=self.remote_configs.managed(record.id),
+        )
 
     # --- admin ------------------------------------------------------------------------------------
 
     async def _start_admin(self, addr: str) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ready", self._healthz)
+        from burrow.admin.app import context_from_edge, mount_admin  # admin builds on the edge
+
+        mount_admin(app, context_from_edge(self))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_hostport(addr, 7845)
@@ -255,6 +354,9 @@ class EdgeServer:
         if runner.addresses:
             self.admin_address = tuple(runner.addresses[0][:2])
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=render(self.metrics), headers={"Content-Type": CONTENT_TYPE})
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
@@ -263,3 +365,18 @@ class EdgeServer:
                 "connections": len(self.registry.all()),
             }
         )
+
+
+def registration_cause(cause: str) -> str:
+    """A bounded metric label for a refused registration (causes can embed tunnel ids)."""
+    lowered = cause.lower()
+    for needle, label in (
+        ("edupconn", "duplicate_connection"),
+        ("too many", "rate_limited"),
+        ("does not exist", "unknown_tunnel"),
+        ("credentials rejected", "bad_credentials"),
+        ("store unavailable", "store_unavailable"),
+    ):
+        if needle in lowered:
+            return label
+    return "other"

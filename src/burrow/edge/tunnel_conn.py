@@ -34,8 +34,16 @@ CONTROL_HEADERS: Headers = [
     (b"cf-cloudflared-proxy-connection-upgrade", b"control-stream"),
 ]
 
+# A connection whose PINGs go unanswered for PING_TIMEOUT is dropped: checked every
+# PING_INTERVAL, so a frozen connector is gone within PING_INTERVAL + PING_TIMEOUT (15 s).
 PING_INTERVAL = 5.0
-PING_TIMEOUT = 15.0
+PING_TIMEOUT = 10.0
+# After a refused registration or an unregister with nothing in flight, the edge closes the
+# connection this long after its last RPC answer (time for the connector's Finish to arrive).
+# cloudflared's HTTP/2 connection ends only when the edge closes it: without this a refused
+# cloudflared never reports the error (nor retries), and an unregistered one waits out its
+# whole --grace-period (30 s) before exiting.
+IDLE_CLOSE_DELAY = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +145,21 @@ class EdgeTunnelConnection(H2Endpoint):
         self._ping_task: asyncio.Task[None] | None = None
         self._last_ack = time.monotonic()
         self._gone_reported = False
+        self._idle_close = False
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     @property
     def accepting(self) -> bool:
-        return self.registered and not self.draining and not self.closed
+        # is_closing: an aborted transport reports connection_lost only on the next loop
+        # iteration; no stream may be scheduled on it in between.
+        transport = self.transport
+        return (
+            self.registered
+            and not self.draining
+            and not self.closed
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -151,6 +170,8 @@ class EdgeTunnelConnection(H2Endpoint):
     def h2_closed(self, exc: Exception | None) -> None:
         if self._ping_task is not None:
             self._ping_task.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.unregistered()
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
@@ -194,6 +215,7 @@ class EdgeTunnelConnection(H2Endpoint):
                 retry_after_ns=int(exc.retry_after_s * 1e9),
             )
             self._control.send_pending()
+            self._close_when_idle()
             return
         self.tunnel_id = accepted.tunnel_id
         self.account_id = accepted.account_id
@@ -226,13 +248,27 @@ class EdgeTunnelConnection(H2Endpoint):
         """The connector unregistered or the control stream ended: no new streams here."""
         if self.registered and not self.draining:
             log.info(
-                "tunnel connection unregistered: tunnel=%s index=%d", self.tunnel_id, self.conn_index
+                "tunnel connection unregistered: tunnel=%s index=%d",
+                self.tunnel_id,
+                self.conn_index,
             )
         self.draining = True
         self._report_gone()
-        if self.closed or (self.in_flight == 0 and self.registered):
-            # Nothing left to serve; the connector closes its side too.
-            pass
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        """No new streams go here any more: close once the streams in flight are done."""
+        self.draining = True
+        self._idle_close = True
+        if self.in_flight == 0 and not self.closed and self._idle_timer is None:
+            self._flush_now()  # the RPC answer leaves before the close
+            self._idle_timer = self._loop.call_later(IDLE_CLOSE_DELAY, self.close)
+
+    def stream_finished(self) -> None:
+        """A proxied stream is over (counted out of `in_flight`)."""
+        self.in_flight -= 1
+        if self._idle_close:
+            self._close_when_idle()
 
     def _report_gone(self) -> None:
         if not self._gone_reported:

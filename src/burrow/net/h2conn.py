@@ -175,6 +175,21 @@ class H2Stream:
         return True
 
 
+class _H2Connection(h2.connection.H2Connection):
+    """h2 ends the whole connection on any GOAWAY (and drops queued output). A graceful one
+    (NO_ERROR) only means "no new streams": in-flight streams must finish (RFC 9113 6.8), which
+    is how an edge drains a tunnel connection on shutdown."""
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        if frame.error_code != 0:
+            return super()._receive_goaway_frame(frame)  # type: ignore[no-any-return]
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class H2Endpoint(asyncio.Protocol):
     """Base protocol: owns the h2 connection, the streams, write coalescing and flow control."""
 
@@ -202,7 +217,7 @@ class H2Endpoint(asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        h2c = h2.connection.H2Connection(config=config)
+        h2c = _H2Connection(config=config)
         h2c.local_settings = h2.settings.Settings(
             client=self._client_side,
             initial_values={
@@ -303,8 +318,15 @@ class H2Endpoint(asyncio.Protocol):
             self.schedule_flush()
 
     def goaway(self, error_code: int = 0) -> None:
-        if self._h2 is not None and not self.closed:
-            self._h2.close_connection(error_code=error_code)
+        """Send GOAWAY. With NO_ERROR it is graceful (RFC 9113 6.8): streams already open
+        continue on both sides, which h2's own state machine does not allow, so its state is
+        kept open here and `_H2Connection` does the same on the receiving side."""
+        h2c = self._h2
+        if h2c is not None and not self.closed:
+            state = h2c.state_machine.state
+            h2c.close_connection(error_code=error_code)
+            if error_code == 0:
+                h2c.state_machine.state = state
             self.schedule_flush()
 
     def close(self) -> None:

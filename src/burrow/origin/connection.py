@@ -46,6 +46,8 @@ class OriginAddress:
     unix_path: str | None = None
     connect_timeout: float = 30.0
     tcp_keepalive: float = 30.0
+    tls_timeout: float = 10.0
+    happy_eyeballs: bool = True  # Go's dialer default; `noHappyEyeballs` turns it off
 
 
 class OriginConnection(asyncio.Protocol):
@@ -179,25 +181,65 @@ async def open_connection(address: OriginAddress, pool: OriginPool | None) -> Or
                 address.port,
                 ssl=address.ssl,
                 server_hostname=address.server_hostname if address.ssl else None,
+                **dial_options(loop, address),
             )
-        transport, protocol = await asyncio.wait_for(coro, address.connect_timeout)
+        transport, protocol = await asyncio.wait_for(coro, dial_timeout(address))
     except TimeoutError:
         raise OriginError(
-            f"timed out connecting to origin {_describe(address)} after {address.connect_timeout}s"
+            f"timed out connecting to origin {_describe(address)} after {dial_timeout(address)}s"
         ) from None
     except ssl.SSLCertVerificationError as exc:
         raise OriginError(
-            f"TLS verification of origin {_describe(address)} failed: {exc.verify_message}"
+            f"TLS verification of origin {_describe(address)} failed: {exc.verify_message} "
+            f"(server name {address.server_hostname!r}; trust its CA with caPool or "
+            "--origin-ca-pool, or set noTLSVerify)"
         ) from None
     except (OSError, ssl.SSLError) as exc:
         raise OriginError(f"cannot connect to origin {_describe(address)}: {exc}") from None
-    sock = transport.get_extra_info("socket")
-    if sock is not None and address.unix_path is None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+    tune_socket(transport, address)
     return protocol
+
+
+def dial_timeout(address: OriginAddress) -> float:
+    """connectTimeout for the TCP connect, plus tlsTimeout for the handshake (as Go's dialer and
+    http.Transport apply them one after the other)."""
+    return address.connect_timeout + (address.tls_timeout if address.ssl is not None else 0.0)
+
+
+_HAPPY_EYEBALLS_DELAY = 0.3  # Go's net.Dialer default FallbackDelay
+
+
+def dial_options(loop: asyncio.AbstractEventLoop, address: OriginAddress) -> dict[str, Any]:
+    """create_connection keywords for tlsTimeout and happy eyeballs, where the loop has them
+    (uvloop has no happy_eyeballs_delay; it then dials addresses in order)."""
+    opts: dict[str, Any] = {}
+    if address.ssl is not None:
+        opts["ssl_handshake_timeout"] = max(address.tls_timeout, 0.001)
+    if address.happy_eyeballs and _supports_happy_eyeballs(loop):
+        opts["happy_eyeballs_delay"] = _HAPPY_EYEBALLS_DELAY
+    return opts
+
+
+def _supports_happy_eyeballs(loop: asyncio.AbstractEventLoop) -> bool:
+    return isinstance(loop, asyncio.BaseEventLoop)
+
+
+def tune_socket(transport: asyncio.BaseTransport, address: OriginAddress) -> None:
+    """TCP_NODELAY, and TCP keep-alive probes every `tcpKeepAlive` (Go sets idle and interval
+    to the same value)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or address.unix_path is not None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.tcp_keepalive > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            secs = max(1, int(address.tcp_keepalive))
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
+    except OSError:
+        pass
 
 
 def _describe(address: OriginAddress) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from burrow.errors import OriginError
 from burrow.net.h2conn import H2Stream, Headers
+from burrow.observability.metrics import ProxyStats
 from burrow.origin.connection import OriginConnection, OriginPool
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import (
@@ -34,6 +35,7 @@ class RelayOptions:
     http_host_header: str = ""
     disable_chunked_encoding: bool = False
     connector_id: bytes = b""
+    stats: ProxyStats | None = None  # counted here: status codes, origin failures
 
 
 class HTTPRelay:
@@ -52,6 +54,7 @@ class HTTPRelay:
         self.stream = stream
         self.pool = pool
         self.websocket = websocket
+        self.stats = options.stats
         self.origin: OriginConnection | None = None
         self._pending: list[bytes] = []
         self._pending_len = 0
@@ -193,6 +196,8 @@ class HTTPRelay:
                 self.origin.pause_reading()
         elif t is http1.ResponseHead:
             self._response_started = True
+            if self.stats is not None:
+                self.stats.response(event.status)
             if self.websocket and event.status == 101:
                 self._upgraded = True
             stream.send_headers(
@@ -232,6 +237,8 @@ class HTTPRelay:
             self.stream.reset()
             return
         log.error("failed to serve request: %s", exc)
+        if self.stats is not None:
+            self.stats.error()
         self.stream.send_headers(connector_error_headers(502))
         self.stream.write(f"burrow connector: {exc}\n".encode())
         self.stream.end()

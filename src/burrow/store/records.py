@@ -11,7 +11,15 @@ from datetime import datetime
 from burrow.errors import ConfigError
 
 __all__ = [
+    "SCOPES",
+    "SCOPE_ACCOUNT_ADMIN",
+    "SCOPE_OPERATOR",
+    "SCOPE_TUNNEL_READ",
+    "SCOPE_TUNNEL_RUN",
     "Account",
+    "ApiToken",
+    "ConnectionRecord",
+    "LoginRequest",
     "Route",
     "RoutingSnapshot",
     "Tunnel",
@@ -62,6 +70,7 @@ class Tunnel:
     secret_hash: str = field(repr=False)
     created_at: datetime
     deleted_at: datetime | None = None
+    secret_sealed: str | None = field(default=None, repr=False)
 
     @property
     def deleted(self) -> bool:
@@ -121,3 +130,64 @@ class RoutingSnapshot:
                 return hit
             dot = host.find(".", dot + 1)
         return None
+
+
+# -- API tokens ---------------------------------------------------------------------------------
+
+SCOPE_OPERATOR = "operator"  # every account; only for tokens without an account
+SCOPE_ACCOUNT_ADMIN = "account:admin"  # everything in one account
+SCOPE_TUNNEL_READ = "tunnel:read"  # list and inspect the account's tunnels and connections
+SCOPE_TUNNEL_RUN = "tunnel:run"  # fetch the run token of a tunnel (of one, when tunnel_id is set)
+SCOPES = (SCOPE_OPERATOR, SCOPE_ACCOUNT_ADMIN, SCOPE_TUNNEL_READ, SCOPE_TUNNEL_RUN)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token as stored: its public id, what it may do, and a hash of its secret."""
+
+    id: str
+    account_id: str | None
+    name: str
+    scopes: frozenset[str]
+    tunnel_id: uuid.UUID | None
+    secret_hash: str = field(repr=False)
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """One registered tunnel connection, as an edge node reported it."""
+
+    id: uuid.UUID  # the edge's connection id
+    tunnel_id: uuid.UUID
+    account_id: str
+    connector_id: uuid.UUID  # cloudflared's client id: one per connector process
+    conn_index: int
+    edge_node: str
+    colo: str
+    client_version: str
+    arch: str
+    origin_ip: str
+    opened_at: datetime
+
+
+LOGIN_PENDING = "pending"
+LOGIN_APPROVED = "approved"
+LOGIN_DENIED = "denied"
+LOGIN_REDEEMED = "redeemed"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    code: str
+    client_name: str
+    created_at: datetime
+    expires_at: datetime
+    status: str
+    account_id: str | None
+    poll_hash: str = field(repr=False, default="")

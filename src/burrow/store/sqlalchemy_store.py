@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from burrow.errors import ConfigError, Conflict, NotFound, StoreError
 from burrow.store.records import (
+    LOGIN_APPROVED,
+    LOGIN_DENIED,
+    LOGIN_PENDING,
+    LOGIN_REDEEMED,
+    SCOPE_OPERATOR,
+    SCOPES,
     Account,
+    ApiToken,
+    ConnectionRecord,
+    LoginRequest,
     Route,
     RoutingSnapshot,
     Tunnel,
     TunnelAuthRecord,
     normalize_hostname,
 )
+from burrow.store.secrets import hash_secret, new_api_token, new_login_code, verify_secret
 
 __all__ = ["SQLStore"]
 
@@ -67,6 +78,7 @@ tunnels_t = sa.Table(
     sa.Column("secret_hash", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("secret_sealed", sa.Text, nullable=True),
 )
 routes_t = sa.Table(
     "routes",
@@ -75,6 +87,44 @@ routes_t = sa.Table(
     sa.Column("tunnel_id", sa.Uuid, sa.ForeignKey("tunnels.id"), nullable=False),
     sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+api_tokens_t = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("scopes", sa.String(255), nullable=False),
+    sa.Column("tunnel_id", sa.Uuid, sa.ForeignKey("tunnels.id"), nullable=True),
+    sa.Column("secret_hash", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+connections_t = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("tunnel_id", sa.Uuid, sa.ForeignKey("tunnels.id"), nullable=False),
+    sa.Column("account_id", sa.String(32), nullable=False),
+    sa.Column("connector_id", sa.Uuid, nullable=False),
+    sa.Column("conn_index", sa.Integer, nullable=False),
+    sa.Column("edge_node", sa.String(255), nullable=False),
+    sa.Column("colo", sa.String(255), nullable=False),
+    sa.Column("client_version", sa.String(255), nullable=False),
+    sa.Column("arch", sa.String(64), nullable=False),
+    sa.Column("origin_ip", sa.String(64), nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+)
+login_requests_t = sa.Table(
+    "login_requests",
+    metadata,
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("poll_hash", sa.String(128), nullable=False),
+    sa.Column("client_name", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=True),
 )
 
 
@@ -103,6 +153,7 @@ def _tunnel(row: Any) -> Tunnel:
         secret_hash=row.secret_hash,
         created_at=_utc(row.created_at),
         deleted_at=_opt_utc(row.deleted_at),
+        secret_sealed=row.secret_sealed,
     )
 
 
@@ -112,6 +163,47 @@ def _route(row: Any) -> Route:
         tunnel_id=row.tunnel_id,
         account_id=row.account_id,
         created_at=_utc(row.created_at),
+    )
+
+
+def _api_token(row: Any) -> ApiToken:
+    return ApiToken(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        scopes=frozenset(x for x in row.scopes.split(",") if x),
+        tunnel_id=row.tunnel_id,
+        secret_hash=row.secret_hash,
+        created_at=_utc(row.created_at),
+        revoked_at=_opt_utc(row.revoked_at),
+    )
+
+
+def _connection(row: Any) -> ConnectionRecord:
+    return ConnectionRecord(
+        id=row.id,
+        tunnel_id=row.tunnel_id,
+        account_id=row.account_id,
+        connector_id=row.connector_id,
+        conn_index=row.conn_index,
+        edge_node=row.edge_node,
+        colo=row.colo,
+        client_version=row.client_version,
+        arch=row.arch,
+        origin_ip=row.origin_ip,
+        opened_at=_utc(row.opened_at),
+    )
+
+
+def _login(row: Any) -> LoginRequest:
+    return LoginRequest(
+        code=row.code,
+        client_name=row.client_name,
+        created_at=_utc(row.created_at),
+        expires_at=_utc(row.expires_at),
+        status=row.status,
+        account_id=row.account_id,
+        poll_hash=row.poll_hash,
     )
 
 
@@ -306,15 +398,24 @@ class SQLStore:
 
     # -- tunnels ----------------------------------------------------------------------------
 
-    async def create_tunnel(self, account_id: str, name: str, secret_hash: str) -> Tunnel:
+    async def create_tunnel(
+        self,
+        account_id: str,
+        name: str,
+        secret_hash: str,
+        *,
+        tunnel_id: uuid.UUID | None = None,
+        secret_sealed: str | None = None,
+    ) -> Tunnel:
         if not name or not name.strip():
             raise ConfigError("a tunnel needs a name", status=400)
         tunnel = Tunnel(
-            id=uuid.uuid4(),
+            id=tunnel_id or uuid.uuid4(),
             account_id=account_id,
             name=name,
             secret_hash=secret_hash,
             created_at=_now(),
+            secret_sealed=secret_sealed,
         )
         async with self._tx(write=True) as conn:
             acct = await conn.execute(
@@ -340,6 +441,7 @@ class SQLStore:
                     secret_hash=secret_hash,
                     created_at=tunnel.created_at,
                     deleted_at=None,
+                    secret_sealed=secret_sealed,
                 )
             )
         return tunnel
@@ -393,6 +495,15 @@ class SQLStore:
                 raise NotFound(f"tunnel {tunnel_id} not found")
             await conn.execute(sa.delete(routes_t).where(routes_t.c.tunnel_id == tunnel_id))
             await conn.execute(
+                sa.delete(connections_t).where(connections_t.c.tunnel_id == tunnel_id)
+            )
+            # A token bound to this tunnel has nothing left to do.
+            await conn.execute(
+                sa.update(api_tokens_t)
+                .where(api_tokens_t.c.tunnel_id == tunnel_id, api_tokens_t.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            await conn.execute(
                 sa.update(tunnels_t).where(tunnels_t.c.id == tunnel_id).values(deleted_at=now)
             )
         return Tunnel(
@@ -402,13 +513,22 @@ class SQLStore:
             secret_hash=row.secret_hash,
             created_at=_utc(row.created_at),
             deleted_at=now,
+            secret_sealed=row.secret_sealed,
         )
 
     # -- routes -----------------------------------------------------------------------------
 
     async def add_route(
-        self, hostname: str, tunnel_id: uuid.UUID, *, overwrite: bool = False
+        self,
+        hostname: str,
+        tunnel_id: uuid.UUID,
+        *,
+        overwrite: bool = False,
+        account_id: str | None = None,
     ) -> Route:
+        """See :meth:`Store.add_route`. With ``account_id`` (a tenant acting), the tunnel must
+        belong to that account and a hostname routed by another account is refused even with
+        ``overwrite``."""
         host = normalize_hostname(hostname)
         async with self._tx(write=True) as conn:
             trow = (
@@ -418,11 +538,17 @@ class SQLStore:
                     )
                 )
             ).first()
-            if trow is None:
+            if trow is None or (account_id is not None and trow.account_id != account_id):
                 raise NotFound(f"tunnel {tunnel_id} not found")
             existing = (
                 await conn.execute(sa.select(routes_t).where(routes_t.c.hostname == host))
             ).first()
+            if (
+                account_id is not None
+                and existing is not None
+                and existing.account_id != account_id
+            ):
+                raise Conflict(f"{host} is routed by another account", status=403)
             route = Route(
                 hostname=host, tunnel_id=tunnel_id, account_id=trow.account_id, created_at=_now()
             )
@@ -456,6 +582,317 @@ class SQLStore:
             query = query.where(routes_t.c.tunnel_id == tunnel_id)
         async with self._tx(write=False) as conn:
             return [_route(r) for r in await conn.execute(query)]
+
+    # -- API tokens -------------------------------------------------------------------------
+
+    async def create_api_token(
+        self,
+        account_id: str | None,
+        scopes: Collection[str],
+        *,
+        name: str = "",
+        tunnel_id: uuid.UUID | None = None,
+    ) -> tuple[ApiToken, str]:
+        """A new token and its text (shown once; only its hash is kept)."""
+        async with self._tx(write=True, bump=False) as conn:
+            return await self._create_api_token_in(conn, account_id, scopes, name, tunnel_id)
+
+    async def _create_api_token_in(
+        self,
+        conn: AsyncConnection,
+        account_id: str | None,
+        scopes: Collection[str],
+        name: str,
+        tunnel_id: uuid.UUID | None,
+    ) -> tuple[ApiToken, str]:
+        wanted = frozenset(scopes)
+        unknown = wanted - set(SCOPES)
+        if not wanted or unknown:
+            raise ConfigError(
+                f"invalid token scope(s) {', '.join(sorted(unknown)) or '(none)'}; "
+                f"choose from {', '.join(SCOPES)}",
+                status=400,
+            )
+        if account_id is None and wanted != {SCOPE_OPERATOR}:
+            raise ConfigError("a token without an account must have the operator scope", status=400)
+        if account_id is not None and SCOPE_OPERATOR in wanted:
+            raise ConfigError("the operator scope is not tied to an account", status=400)
+        if account_id is not None:
+            acct = await conn.execute(
+                sa.select(accounts_t.c.id).where(accounts_t.c.id == account_id)
+            )
+            if acct.first() is None:
+                raise NotFound(f"account {account_id} not found")
+        if tunnel_id is not None:
+            trow = (
+                await conn.execute(
+                    sa.select(tunnels_t.c.account_id).where(
+                        tunnels_t.c.id == tunnel_id, tunnels_t.c.deleted_at.is_(None)
+                    )
+                )
+            ).first()
+            if trow is None or trow.account_id != account_id:
+                raise NotFound(f"tunnel {tunnel_id} not found in account {account_id}")
+        token_id, text, digest = new_api_token()
+        token = ApiToken(
+            id=token_id,
+            account_id=account_id,
+            name=name,
+            scopes=wanted,
+            tunnel_id=tunnel_id,
+            secret_hash=digest,
+            created_at=_now(),
+        )
+        await conn.execute(
+            sa.insert(api_tokens_t).values(
+                id=token.id,
+                account_id=account_id,
+                name=name,
+                scopes=",".join(sorted(wanted)),
+                tunnel_id=tunnel_id,
+                secret_hash=digest,
+                created_at=token.created_at,
+                revoked_at=None,
+            )
+        )
+        return token, text
+
+    async def get_api_token(self, token_id: str) -> ApiToken:
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(sa.select(api_tokens_t).where(api_tokens_t.c.id == token_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"API token {token_id} not found")
+        return _api_token(row)
+
+    async def list_api_tokens(self, account_id: str | None = None) -> list[ApiToken]:
+        query = sa.select(api_tokens_t).order_by(api_tokens_t.c.created_at, api_tokens_t.c.id)
+        if account_id is not None:
+            query = query.where(api_tokens_t.c.account_id == account_id)
+        async with self._tx(write=False) as conn:
+            return [_api_token(r) for r in await conn.execute(query)]
+
+    async def revoke_api_token(self, token_id: str) -> None:
+        async with self._tx(write=True, bump=False) as conn:
+            result = await conn.execute(
+                sa.update(api_tokens_t)
+                .where(api_tokens_t.c.id == token_id, api_tokens_t.c.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no live API token {token_id}")
+
+    # -- live connections (no generation bump: routing does not depend on them) ------------
+
+    async def add_connection(self, record: ConnectionRecord) -> None:
+        values = {
+            "tunnel_id": record.tunnel_id,
+            "account_id": record.account_id,
+            "connector_id": record.connector_id,
+            "conn_index": record.conn_index,
+            "edge_node": record.edge_node,
+            "colo": record.colo,
+            "client_version": record.client_version,
+            "arch": record.arch,
+            "origin_ip": record.origin_ip,
+            "opened_at": record.opened_at,
+        }
+        async with self._tx(write=True, bump=False) as conn:
+            live = (
+                await conn.execute(
+                    sa.select(tunnels_t.c.id).where(
+                        tunnels_t.c.id == record.tunnel_id, tunnels_t.c.deleted_at.is_(None)
+                    )
+                )
+            ).first()
+            if live is None:
+                return  # deleted meanwhile: the edge is closing the connection anyway
+            await conn.execute(sa.delete(connections_t).where(connections_t.c.id == record.id))
+            await conn.execute(sa.insert(connections_t).values(id=record.id, **values))
+
+    async def remove_connection(self, connection_id: uuid.UUID) -> None:
+        """Idempotent."""
+        async with self._tx(write=True, bump=False) as conn:
+            await conn.execute(sa.delete(connections_t).where(connections_t.c.id == connection_id))
+
+    async def list_connections(
+        self, tunnel_id: uuid.UUID | None = None, *, account_id: str | None = None
+    ) -> list[ConnectionRecord]:
+        query = sa.select(connections_t).order_by(
+            connections_t.c.opened_at, connections_t.c.conn_index
+        )
+        if tunnel_id is not None:
+            query = query.where(connections_t.c.tunnel_id == tunnel_id)
+        if account_id is not None:
+            query = query.where(connections_t.c.account_id == account_id)
+        async with self._tx(write=False) as conn:
+            return [_connection(r) for r in await conn.execute(query)]
+
+    async def delete_connections(
+        self,
+        *,
+        tunnel_id: uuid.UUID | None = None,
+        connector_id: uuid.UUID | None = None,
+        edge_node: str | None = None,
+    ) -> list[ConnectionRecord]:
+        """Remove and return the matching rows (at least one filter is required)."""
+        if tunnel_id is None and connector_id is None and edge_node is None:
+            raise ValueError("delete_connections needs a filter")
+        cond = []
+        if tunnel_id is not None:
+            cond.append(connections_t.c.tunnel_id == tunnel_id)
+        if connector_id is not None:
+            cond.append(connections_t.c.connector_id == connector_id)
+        if edge_node is not None:
+            cond.append(connections_t.c.edge_node == edge_node)
+        async with self._tx(write=True, bump=False) as conn:
+            rows = [
+                _connection(r) for r in await conn.execute(sa.select(connections_t).where(*cond))
+            ]
+            await conn.execute(sa.delete(connections_t).where(*cond))
+        return rows
+
+    # -- login requests -------------------------------------------------------------------------
+
+    async def create_login_request(
+        self, client_name: str, *, ttl_s: float = 600.0
+    ) -> tuple[LoginRequest, str]:
+        """A pending request and the poll secret only its creator knows."""
+        poll_secret = secrets.token_urlsafe(32)
+        now = _now()
+        async with self._tx(write=True, bump=False) as conn:
+            # Forget requests that expired long ago, so the table stays small.
+            await conn.execute(
+                sa.delete(login_requests_t).where(
+                    login_requests_t.c.expires_at < now - timedelta(days=1)
+                )
+            )
+            for _ in range(5):
+                code = new_login_code()
+                taken = await conn.execute(
+                    sa.select(login_requests_t.c.code).where(login_requests_t.c.code == code)
+                )
+                if taken.first() is None:
+                    break
+            else:  # pragma: no cover - 2^34 codes
+                raise Conflict("could not allocate a login code, try again")
+            request = LoginRequest(
+                code=code,
+                client_name=client_name[:255],
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl_s),
+                status=LOGIN_PENDING,
+                account_id=None,
+                poll_hash=hash_secret(poll_secret.encode()),
+            )
+            await conn.execute(
+                sa.insert(login_requests_t).values(
+                    code=request.code,
+                    poll_hash=request.poll_hash,
+                    client_name=request.client_name,
+                    created_at=request.created_at,
+                    expires_at=request.expires_at,
+                    status=request.status,
+                    account_id=None,
+                )
+            )
+        return request, poll_secret
+
+    async def get_login_request(self, code: str) -> LoginRequest:
+        code = code.strip().upper()
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(login_requests_t).where(login_requests_t.c.code == code)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no login request with code {code}")
+        return _login(row)
+
+    async def list_login_requests(self) -> list[LoginRequest]:
+        """Pending requests that have not expired."""
+        async with self._tx(write=False) as conn:
+            rows = await conn.execute(
+                sa.select(login_requests_t)
+                .where(
+                    login_requests_t.c.status == LOGIN_PENDING,
+                    login_requests_t.c.expires_at > _now(),
+                )
+                .order_by(login_requests_t.c.created_at)
+            )
+            return [_login(r) for r in rows]
+
+    async def decide_login_request(
+        self, code: str, *, account_id: str | None, approve: bool
+    ) -> LoginRequest:
+        """Approve (for ``account_id``) or deny a pending, unexpired request."""
+        code = code.strip().upper()
+        async with self._tx(write=True, bump=False) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(login_requests_t).where(login_requests_t.c.code == code)
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no login request with code {code}")
+            if row.status != LOGIN_PENDING:
+                raise Conflict(f"login request {code} is already {row.status}")
+            if _utc(row.expires_at) <= _now():
+                raise Conflict(f"login request {code} has expired", status=410)
+            if approve:
+                if account_id is None:
+                    raise ConfigError("approving a login needs an account", status=400)
+                acct = await conn.execute(
+                    sa.select(accounts_t.c.id).where(accounts_t.c.id == account_id)
+                )
+                if acct.first() is None:
+                    raise NotFound(f"account {account_id} not found")
+            status = LOGIN_APPROVED if approve else LOGIN_DENIED
+            await conn.execute(
+                sa.update(login_requests_t)
+                .where(login_requests_t.c.code == code)
+                .values(status=status, account_id=account_id if approve else None)
+            )
+        return LoginRequest(
+            code=row.code,
+            client_name=row.client_name,
+            created_at=_utc(row.created_at),
+            expires_at=_utc(row.expires_at),
+            status=status,
+            account_id=account_id if approve else None,
+        )
+
+    async def redeem_login_request(
+        self, code: str, poll_secret: str, *, scopes: Collection[str]
+    ) -> tuple[LoginRequest, str | None]:
+        """The request as it stands and, once approved, a fresh account token (issued exactly
+        once, in the same transaction that marks the request redeemed). NotFound when the code
+        or the poll secret is wrong (indistinguishably)."""
+        code = code.strip().upper()
+        async with self._tx(write=True, bump=False) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(login_requests_t).where(login_requests_t.c.code == code)
+                )
+            ).first()
+            if row is None or not verify_secret(poll_secret.encode(), row.poll_hash):
+                raise NotFound("no such login request")
+            request = _login(row)
+            if request.status == LOGIN_PENDING and request.expires_at <= _now():
+                raise Conflict(f"login request {code} has expired", status=410)
+            if request.status != LOGIN_APPROVED:
+                return request, None
+            _, text = await self._create_api_token_in(
+                conn, request.account_id, scopes, f"login {code} ({request.client_name})", None
+            )
+            await conn.execute(
+                sa.update(login_requests_t)
+                .where(login_requests_t.c.code == code)
+                .values(status=LOGIN_REDEEMED)
+            )
+        return request, text
 
     # -- the data path's view ---------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""Sealing tunnel secrets, so that the edge can hand a tunnel's token out again.
+
+cloudflared's `tunnel token NAME` asks the API for the token of an existing tunnel, so the edge
+must be able to recover the secret; a hash alone cannot do that. The secret is kept twice: a
+hash (which registration checks, in constant time) and a copy sealed with AES-256-GCM under a
+key that lives in the edge's state directory, not in the database. A stolen database (or
+PostgreSQL backup) therefore yields neither usable secrets nor tokens. The tunnel id is the
+associated data, so a sealed secret cannot be moved to another tunnel's row.
+
+Edge nodes sharing one PostgreSQL database must share this key file (like the CA files).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from burrow.errors import ConfigError
+
+__all__ = ["KEY_FILE", "SecretBox"]
+
+KEY_FILE = "seal.key"
+_PREFIX = "aesgcm1$"
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ConfigError("the sealing key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "SecretBox(<key hidden>)"
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> SecretBox:
+        path = state_dir / KEY_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        except OSError as exc:
+            raise ConfigError(f"cannot read sealing key {path}: {exc.strerror or exc}") from None
+        if not raw:
+            key = secrets.token_bytes(32)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(base64.b64encode(key) + b"\n")
+            try:
+                os.link(tmp, path)  # never replace a key another process just wrote
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            raw = path.read_bytes()
+        try:
+            return cls(base64.b64decode(raw.strip(), validate=True))
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"sealing key {path} is corrupt") from None
+
+    def seal(self, tunnel_id: uuid.UUID, secret: bytes) -> str:
+        nonce = secrets.token_bytes(12)
+        sealed = self._aead.encrypt(nonce, secret, tunnel_id.bytes)
+        return _PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+    def open(self, tunnel_id: uuid.UUID, sealed: str) -> bytes:
+        if not sealed.startswith(_PREFIX):
+            raise ConfigError("unknown sealed-secret format")
+        try:
+            blob = base64.b64decode(sealed[len(_PREFIX) :], validate=True)
+            return self._aead.decrypt(blob[:12], blob[12:], tunnel_id.bytes)
+        except (binascii.Error, ValueError, InvalidTag):
+            raise ConfigError(
+                f"the secret of tunnel {tunnel_id} cannot be unsealed with this edge's key"
+            ) from None
