@@ -61,6 +61,7 @@ class HTTPRelay:
         self._unacked = 0
         self._request_ended = end_stream
         self._chunked = False
+        self._unframed = False
         self._response_started = False
         self._done = False
         self._upgraded = False
@@ -104,13 +105,18 @@ class HTTPRelay:
             out.append((b"Upgrade", b"websocket"))
             out.append((b"Sec-WebSocket-Version", b"13"))
             out = [(n, v) for n, v in out if n != b"content-length"]
+        elif not has_length and not end_stream and options.disable_chunked_encoding:
+            # A body with no length and no chunked framing can only end with the connection
+            # (WSGI servers that cannot read chunked bodies): never reuse this connection.
+            out.append((b"Connection", b"close"))
+            self._unframed = True
         else:
             out.append((b"Connection", b"keep-alive"))
             if not has_length:
-                if not end_stream and not options.disable_chunked_encoding:
+                if not end_stream:
                     out.append((b"Transfer-Encoding", b"chunked"))
                     self._chunked = True
-                elif end_stream and method in _BODY_METHODS:
+                elif method in _BODY_METHODS:
                     out.append((b"Content-Length", b"0"))
         return method, http1.serialize_request_head(method, path, out)
 
@@ -208,7 +214,9 @@ class HTTPRelay:
                 stream.end(trailers=[(n.lower(), v) for n, v in event.trailers])
             else:
                 stream.end()
-            self._finish(reusable=self._request_ended and not self.websocket)
+            self._finish(
+                reusable=self._request_ended and not self.websocket and not self._unframed
+            )
         elif t is http1.Upgraded:
             if event.rest:
                 self.origin_raw(event.rest)
