@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs  # noqa: E402  (bench/procs.py: process start/stop by PID, free ports)
+import procs  # bench/procs.py: processes started and stopped by PID, free ports
 
 CHUNK = 1 << 20
 

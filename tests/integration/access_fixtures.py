@@ -53,7 +53,9 @@ class RawOrigin:
                     ).decode()
                     w.write(
                         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                        + accept.encode()
+                        + b"\r\n\r\n"
                     )
                     while data := await r.read(65536):
                         w.write(data)
@@ -61,7 +63,9 @@ class RawOrigin:
                 body = json.dumps({"target": target, "headers": headers}).encode()
                 w.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
                 )
                 await w.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import re
+import socket
 from email import message_from_bytes
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -41,7 +42,11 @@ async def test_unauthenticated_browser_is_redirected_xhr_gets_401(stack: AccessS
     r = await stack.get("/private?x=1")
     assert r.status == 302
     loc = urlsplit(r.header("location"))
-    assert (loc.hostname, loc.port, loc.path) == ("app.localhost", stack.port, "/cdn-cgi/access/login")
+    assert (loc.hostname, loc.port, loc.path) == (
+        "app.localhost",
+        stack.port,
+        "/cdn-cgi/access/login",
+    )
     q = parse_qs(loc.query)
     assert q["kid"] == [stack.__dict__["app"].aud] and q["redirect_url"] == ["/private?x=1"]
     r = await stack.get("/private", headers={"X-Requested-With": "XMLHttpRequest"})
@@ -57,7 +62,9 @@ async def test_certs_published_on_app_host_and_team_domain(stack: AccessStack) -
         r = await stack.get("/cdn-cgi/access/certs", host=host)
         assert r.status == 200
         doc = r.json()
-        assert doc["keys"][0]["alg"] == "RS256" and doc["public_cert"]["kid"] == doc["keys"][0]["kid"]
+        assert (
+            doc["keys"][0]["alg"] == "RS256" and doc["public_cert"]["kid"] == doc["keys"][0]["kid"]
+        )
 
 
 async def test_service_token_passes_service_auth_then_deletion_and_expiry_refuse(
@@ -77,10 +84,10 @@ async def test_service_token_passes_service_auth_then_deletion_and_expiry_refuse
     assert "cf-access-client-secret" not in seen  # the secret never reaches the origin
     jwt = seen["cf-access-jwt-assertion"]
     certs = (await stack.get("/cdn-cgi/access/certs")).json()
-    from burrow.access.tokens import KeyRing, Verifier  # noqa: F401 - verify with the JWKS
-
     from joserfc import jwt as jose_jwt
     from joserfc.jwk import KeySet
+
+    from burrow.access.tokens import KeyRing, Verifier  # noqa: F401 - verify with the JWKS
 
     claims = jose_jwt.decode(jwt, KeySet.import_key_set({"keys": certs["keys"]})).claims
     assert claims["common_name"] == tok.client_id and claims["aud"] == [app.aud]
@@ -115,10 +122,20 @@ async def test_bypass_policy_and_block_by_ip(stack: AccessStack) -> None:
     assert (await stack.get("/blocked/x")).status == 403
 
 
-async def test_paths_are_normalised_and_the_origin_sees_the_checked_path(stack: AccessStack) -> None:
+async def test_paths_are_normalised_and_the_origin_sees_the_checked_path(
+    stack: AccessStack,
+) -> None:
     # app "admin" protects other.localhost/admin; the rest of other.localhost is open
-    for target in ("/admin", "/Admin", "//admin", "/%61dmin", "/x/../admin", "/%2e%2e/admin",
-                   "/./admin/", "/ADMIN/x"):
+    for target in (
+        "/admin",
+        "/Admin",
+        "//admin",
+        "/%61dmin",
+        "/x/../admin",
+        "/%2e%2e/admin",
+        "/./admin/",
+        "/ADMIN/x",
+    ):
         r = await stack.get(target, host="other.localhost")
         assert r.status == 302, target
     for target in ("/admin%2fx", "/a%5cb", "/a\\b", "/%2e%2e%2fadmin"):
@@ -147,17 +164,27 @@ async def test_host_forms_cannot_reach_another_app(stack: AccessStack) -> None:
 
 async def test_websocket_upgrade_passes_the_same_check(stack: AccessStack) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
-    ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key,
-          "Sec-WebSocket-Version": "13"}
+    ws = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key,
+        "Sec-WebSocket-Version": "13",
+    }
     r = await stack.get("/ws", headers=ws)
     assert r.status == 302 and stack.origin.seen == []
     tok, secret = await stack.access.create_service_token("tcp")
-    await stack.access.create_policy(stack.__dict__["app"].id, "m", "non_identity",
-                                      [("any_valid_service_token", "", "")])
+    await stack.access.create_policy(
+        stack.__dict__["app"].id, "m", "non_identity", [("any_valid_service_token", "", "")]
+    )
     await stack.sync()
     rd, wr = await asyncio.open_connection("127.0.0.1", stack.port)
-    lines = ["GET /ws HTTP/1.1", "Host: app.localhost", *(f"{k}: {v}" for k, v in ws.items()),
-             f"CF-Access-Client-Id: {tok.client_id}", f"CF-Access-Client-Secret: {secret}"]
+    lines = [
+        "GET /ws HTTP/1.1",
+        "Host: app.localhost",
+        *(f"{k}: {v}" for k, v in ws.items()),
+        f"CF-Access-Client-Id: {tok.client_id}",
+        f"CF-Access-Client-Secret: {secret}",
+    ]
     wr.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     head = await asyncio.wait_for(rd.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 101"), head
@@ -177,18 +204,21 @@ async def smtp_sink():  # type: ignore[no-untyped-def]
             self.messages: asyncio.Queue[bytes] = asyncio.Queue()
             self.loop = asyncio.get_running_loop()
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             self.loop.call_soon_threadsafe(self.messages.put_nowait, envelope.content)
             return "250 OK"
 
     sink = Sink()
-    ctl = aiosmtpd.Controller(sink, hostname="127.0.0.1", port=0)
-    ctl.start()
-    sink.port = ctl.server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    with socket.socket() as probe:  # aiosmtpd's start-up self-check needs a real port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctl = aiosmtpd.Controller(sink, hostname="127.0.0.1", port=port)
+    await asyncio.to_thread(ctl.start)
+    sink.port = port  # type: ignore[attr-defined]
     try:
         yield sink
     finally:
-        ctl.stop()
+        await asyncio.to_thread(ctl.stop)
 
 
 async def _otp_request(stack: AccessStack, email: str) -> tuple[str, str]:
@@ -203,9 +233,13 @@ async def _otp_request(stack: AccessStack, email: str) -> tuple[str, str]:
     fields = dict(re.findall(rb'name="(\w+)" value="([^"]*)"', page.body))
     form = "&".join(f"{k.decode()}={quote(v.decode())}" for k, v in fields.items())
     form += "&email=" + quote(email)
-    r = await stack.get("/cdn-cgi/access/otp", host="auth.localhost", method="POST",
-                        headers={"Content-Type": "application/x-www-form-urlencoded"},
-                        body=form.encode())
+    r = await stack.get(
+        "/cdn-cgi/access/otp",
+        host="auth.localhost",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=form.encode(),
+    )
     assert r.status == 200
     attempt = re.search(rb'name="attempt" value="([^"]+)"', r.body)
     assert attempt is not None
@@ -213,16 +247,21 @@ async def _otp_request(stack: AccessStack, email: str) -> tuple[str, str]:
 
 
 async def _otp_verify(stack: AccessStack, attempt: str, code: str):  # type: ignore[no-untyped-def]
-    return await stack.get("/cdn-cgi/access/otp/verify", host="auth.localhost", method="POST",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"},
-                           body=f"attempt={attempt}&code={code}".encode())
+    return await stack.get(
+        "/cdn-cgi/access/otp/verify",
+        host="auth.localhost",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=f"attempt={attempt}&code={code}".encode(),
+    )
 
 
 async def _use_sink(stack: AccessStack, sink) -> None:  # type: ignore[no-untyped-def]
     otp = await stack.access.find_idp(stack.__dict__["otp_id"])
     await stack.access.delete_idp(otp.id)
-    new = await stack.access.create_idp("Email", "onetimepin",
-                                        {"smtp_host": "127.0.0.1", "smtp_port": sink.port})
+    new = await stack.access.create_idp(
+        "Email", "onetimepin", {"smtp_host": "127.0.0.1", "smtp_port": sink.port}
+    )
     stack.__dict__["otp_id"] = new.id
     await stack.sync()
 
@@ -268,7 +307,9 @@ async def test_one_time_pin_login_cookie_logout(stack: AccessStack, smtp_sink) -
     assert seen["cf-access-authenticated-user-email"] == "alice@example.com"
     # the same token as a header works like the cookie
     assert (await stack.get("/after", headers={"cf-access-token": token})).status == 200
-    ident = (await stack.get("/cdn-cgi/access/get-identity", headers={"Cookie": f"{COOKIE}={token}"})).json()
+    ident = (
+        await stack.get("/cdn-cgi/access/get-identity", headers={"Cookie": f"{COOKIE}={token}"})
+    ).json()
     assert ident["email"] == "alice@example.com"
     # a cookie for one app host does not authorise another app
     r = await stack.get("/admin", host="other.localhost", headers={"Cookie": f"{COOKIE}={token}"})
@@ -280,8 +321,11 @@ async def test_one_time_pin_login_cookie_logout(stack: AccessStack, smtp_sink) -
     assert r.status == 200 and "Max-Age=0" in r.header("set-cookie")
     assert (await stack.get("/after", headers={"Cookie": f"{COOKIE}={token}"})).status == 302
     app = stack.__dict__["app"]
-    r = await stack.get(f"/cdn-cgi/access/login/app.localhost?kid={app.aud}&redirect_url=/",
-                        host="auth.localhost", headers={"Cookie": f"{COOKIE}={org_cookie}"})
+    r = await stack.get(
+        f"/cdn-cgi/access/login/app.localhost?kid={app.aud}&redirect_url=/",
+        host="auth.localhost",
+        headers={"Cookie": f"{COOKIE}={org_cookie}"},
+    )
     assert r.status == 200 and b"Send me a code" in r.body  # asked to log in again
 
 
@@ -310,8 +354,11 @@ def _corpus() -> list[str]:
     out = []
     for line in CORPUS.read_text().splitlines():
         if line:
-            out.append(line.replace("www.whitelisteddomain.tld", "app.localhost")
-                       .replace("whitelisteddomain.tld", "app.localhost"))
+            out.append(
+                line.replace("www.whitelisteddomain.tld", "app.localhost").replace(
+                    "whitelisteddomain.tld", "app.localhost"
+                )
+            )
     return out
 
 
@@ -323,7 +370,9 @@ async def test_open_redirect_corpus_is_refused_by_the_edge(stack: AccessStack) -
 
     async def one(p: str) -> tuple[str, int]:
         async with sem:
-            r = await stack.get(f"/cdn-cgi/access/login?kid={app.aud}&redirect_url={quote(p, safe='')}")
+            r = await stack.get(
+                f"/cdn-cgi/access/login?kid={app.aud}&redirect_url={quote(p, safe='')}"
+            )
             return p, r.status
 
     results = await asyncio.gather(*(one(p) for p in payloads))

@@ -513,3 +513,37 @@ async def test_psql_through_access_tcp(tmp_path: Path) -> None:
             finally:
                 client.terminate()
                 await asyncio.wait_for(client.wait(), 15)
+
+
+# --- wss:// to an HTTPS edge ------------------------------------------------------------------
+
+
+async def test_wss_with_cacert_and_untrusted_edge(tmp_path: Path, echo: EchoServer) -> None:
+    from burrow.testing.harness import provision, start_connector, start_edge
+
+    edge = await start_edge(tmp_path / "edge", https_listen=["127.0.0.1:0"])
+    connector = None
+    try:
+        made = await provision(edge, hostnames=("tls.localhost",))
+        ingress = Ingress.parse(
+            [{"hostname": "tls.localhost", "service": f"tcp://127.0.0.1:{echo.port}"},
+             {"service": "http_status:404"}]
+        )  # fmt: skip
+        connector = await start_connector(made, ingress)
+        assert edge.pki is not None
+        port = edge.https_addresses[0][1]
+        target = make_target(f"tls.localhost:{port}", cacert=str(edge.pki.ca_cert_path))
+        assert target.secure and target.url == f"wss://tls.localhost:{port}/"
+        fw = TCPForwarder(target)
+        _, local = await fw.start("127.0.0.1", 0)
+        try:
+            assert await _echo_bytes(local, 1_000_000) == _expected(1_000_000)
+        finally:
+            await fw.stop()
+        untrusted = make_target(f"tls.localhost:{port}")  # the system CAs only
+        with pytest.raises(AccessError, match="not trusted"):
+            await open_websocket(untrusted, None)  # type: ignore[arg-type]
+    finally:
+        if connector is not None:
+            await connector.stop(grace=1.0)
+        await edge.stop(grace=1.0)

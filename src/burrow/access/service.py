@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from burrow.access import mail
 from burrow.access.apps import Application, normalize_path
@@ -108,7 +108,9 @@ class Reply:
     body: bytes
 
     @classmethod
-    def page(cls, status: int, title: str, body_html: str, headers: list[tuple[str, str]] | None = None) -> Reply:
+    def page(
+        cls, status: int, title: str, body_html: str, headers: list[tuple[str, str]] | None = None
+    ) -> Reply:
         doc = (
             '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title></head>\n<body><h1>{html.escape(title)}</h1>\n"
@@ -116,7 +118,11 @@ class Reply:
         ).encode()
         return cls(
             status,
-            [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"), *(headers or [])],
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+                *(headers or []),
+            ],
             doc,
         )
 
@@ -130,7 +136,9 @@ class Reply:
 
     @classmethod
     def redirect(cls, location: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-        return cls(302, [("Location", location), ("Cache-Control", "no-store"), *(headers or [])], b"")
+        return cls(
+            302, [("Location", location), ("Cache-Control", "no-store"), *(headers or [])], b""
+        )
 
 
 ENDPOINT = object()  # the request is for /cdn-cgi/access/*: read its body, then endpoint()
@@ -248,7 +256,13 @@ class AccessService:
             return Forward(forward_path, add)
         if outcome is Outcome.LOGIN:
             if req.header(b"x-requested-with").lower() == "xmlhttprequest":
-                return Reply.json(401, {"error": "authentication required", "login": self._login_url(req, app, forward_path.decode())})
+                return Reply.json(
+                    401,
+                    {
+                        "error": "authentication required",
+                        "login": self._login_url(req, app, forward_path.decode()),
+                    },
+                )
             return Reply.redirect(self._login_url(req, app, forward_path.decode()))
         return self._denied(req, app)
 
@@ -284,7 +298,12 @@ class AccessService:
         return jwt
 
     def _audit(
-        self, app: Application, outcome: str, decision: Decision | None, req: AccessRequest, who: str
+        self,
+        app: Application,
+        outcome: str,
+        decision: Decision | None,
+        req: AccessRequest,
+        who: str,
     ) -> None:
         key = (app.name, outcome)
         self.decisions[key] = self.decisions.get(key, 0) + 1
@@ -292,20 +311,25 @@ class AccessService:
             policy = decision.policy.name if decision is not None and decision.policy else "-"
             audit.info(
                 "access decision=%s app=%s policy=%s who=%s ip=%s host=%s",
-                outcome, app.name, policy, who or "-", req.ip, req.host,
+                outcome,
+                app.name,
+                policy,
+                who or "-",
+                req.ip,
+                req.host,
             )
 
     # -- endpoints --------------------------------------------------------------------------
 
     async def endpoint(self, req: AccessRequest) -> Reply:
-        name = req.target.partition("?")[0][len(PREFIX):]
+        name = req.target.partition("?")[0][len(PREFIX) :]
         try:
             if name == "certs":
                 return self._certs()
             if name == "login":
                 return self._login_start(req)
             if name.startswith("login/"):
-                return await self._login_page(req, name[len("login/"):])
+                return await self._login_page(req, name[len("login/") :])
             if name == "otp" and req.method == "POST":
                 return await self._otp_start(req)
             if name == "otp/verify" and req.method == "POST":
@@ -353,7 +377,9 @@ class AccessService:
         params = urlencode({"kid": app.aud, "redirect_url": redirect, "port": _port(req.authority)})
         return Reply.redirect(f"{self._team_origin(req)}{PREFIX}login/{req.host}?{params}")
 
-    def _flow(self, req: AccessRequest, fields: dict[str, str]) -> tuple[Application, str, str, str] | Reply:
+    def _flow(
+        self, req: AccessRequest, fields: dict[str, str]
+    ) -> tuple[Application, str, str, str] | Reply:
         """(app, app host, redirect path, app origin) from the login form/query, re-validated."""
         host = fields.get("host", "").lower()
         app = self._app_for(fields.get("kid", ""), host)
@@ -376,10 +402,17 @@ class AccessService:
         if org is not None:
             identity = self.snapshot.identity(org, self.clock())
             if identity is not None:
-                return await self._finish_login(req, app, origin, redirect, identity, org.identity_nonce, set_org=False)
+                return await self._finish_login(
+                    req, app, origin, redirect, identity, org.identity_nonce, set_org=False
+                )
         hidden = "".join(
             f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
-            for k, v in (("kid", app.aud), ("host", host), ("redirect_url", redirect), ("port", fields.get("port", "")))
+            for k, v in (
+                ("kid", app.aud),
+                ("host", host),
+                ("redirect_url", redirect),
+                ("port", fields.get("port", "")),
+            )
         )
         parts = []
         for idp in self._idps_for(app):
@@ -391,8 +424,17 @@ class AccessService:
                     '<button type="submit">Send me a code</button></form>'
                 )
             elif idp.type == "oidc":
-                q = urlencode({"kid": app.aud, "host": host, "redirect_url": redirect, "port": fields.get("port", "")})
-                parts.append(f'<p><a href="{PREFIX}oidc/{idp.id}?{html.escape(q)}">Log in with {html.escape(idp.name)}</a></p>')
+                q = urlencode(
+                    {
+                        "kid": app.aud,
+                        "host": host,
+                        "redirect_url": redirect,
+                        "port": fields.get("port", ""),
+                    }
+                )
+                parts.append(
+                    f'<p><a href="{PREFIX}oidc/{idp.id}?{html.escape(q)}">Log in with {html.escape(idp.name)}</a></p>'
+                )
         if not parts:
             parts.append("<p>No identity provider is configured for this application.</p>")
         return Reply.page(200, f"Log in to {app.name}", "\n".join(parts))
@@ -409,7 +451,9 @@ class AccessService:
         if not token or verifier is None:
             return None
         try:
-            claims = verifier.verify(token, audience=self.team_aud, token_type="org", now=self.clock())
+            claims = verifier.verify(
+                token, audience=self.team_aud, token_type="org", now=self.clock()
+            )
         except TokenError:
             return None
         return None if self.snapshot.revoked(claims) else claims
@@ -428,7 +472,11 @@ class AccessService:
         decision = evaluate(app.policies, identity, RequestFacts(_ip(req.ip)))
         self._audit(app, "login-" + decision.outcome.value, decision, req, identity.email)
         if not decision.allowed:
-            return Reply.page(403, "Access denied", f"<p>{html.escape(identity.email)} may not use {html.escape(app.name)}.</p>")
+            return Reply.page(
+                403,
+                "Access denied",
+                f"<p>{html.escape(identity.email)} may not use {html.escape(app.name)}.</p>",
+            )
         ring = self.snapshot.ring
         assert ring is not None and self.store is not None
         now = self.clock()
@@ -437,16 +485,33 @@ class AccessService:
         headers: list[tuple[str, str]] = []
         if set_org:
             org = issue(
-                ring, issuer=self.issuer, audience=[self.team_aud], email=identity.email,
-                subject=subject, token_type="org", lifetime=ORG_LIFETIME,
-                identity_nonce=nonce, extra=extra, now=now,
+                ring,
+                issuer=self.issuer,
+                audience=[self.team_aud],
+                email=identity.email,
+                subject=subject,
+                token_type="org",
+                lifetime=ORG_LIFETIME,
+                identity_nonce=nonce,
+                extra=extra,
+                now=now,
             )
             headers.append(("Set-Cookie", _cookie(org, ORG_LIFETIME)))
         app_token = issue(
-            ring, issuer=self.issuer, audience=[app.aud], email=identity.email, subject=subject,
-            token_type="app", lifetime=app.session_duration, identity_nonce=nonce, extra=extra, now=now,
+            ring,
+            issuer=self.issuer,
+            audience=[app.aud],
+            email=identity.email,
+            subject=subject,
+            token_type="app",
+            lifetime=app.session_duration,
+            identity_nonce=nonce,
+            extra=extra,
+            now=now,
         )
-        code = await self.store.put_pending("code", {"token": app_token, "aud": app.aud}, ttl=CODE_TTL, now=now)
+        code = await self.store.put_pending(
+            "code", {"token": app_token, "aud": app.aud}, ttl=CODE_TTL, now=now
+        )
         q = urlencode({"code": code, "redirect_url": redirect})
         return Reply.redirect(f"{origin}{PREFIX}authorized?{q}", headers)
 
@@ -459,7 +524,11 @@ class AccessService:
         pending = await self.store.take_pending("code", q.get("code", ""), now=self.clock())
         app = self._app_for(str(pending.data.get("aud", "")), req.host) if pending else None
         if pending is None or app is None:
-            return Reply.page(400, "Login expired", "<p>This login link is invalid or was used already; open the application again.</p>")
+            return Reply.page(
+                400,
+                "Login expired",
+                "<p>This login link is invalid or was used already; open the application again.</p>",
+            )
         token = str(pending.data["token"])
         location = f"{req.scheme}://{req.authority}{redirect}"
         return Reply.redirect(location, [("Set-Cookie", _cookie(token, app.session_duration))])
@@ -468,11 +537,17 @@ class AccessService:
         claims = self._any_claims(req)
         if claims is not None and self.store is not None:
             ttl = max([ORG_LIFETIME, *(a.session_duration for a in self.snapshot.by_aud.values())])
-            await self.store.revoke("session", claims.identity_nonce, ttl=ttl + 60, now=self.clock())
+            await self.store.revoke(
+                "session", claims.identity_nonce, ttl=ttl + 60, now=self.clock()
+            )
             await self.refresh()
-            audit.info("access logout who=%s ip=%s", claims.email or claims.common_name or "-", req.ip)
+            audit.info(
+                "access logout who=%s ip=%s", claims.email or claims.common_name or "-", req.ip
+            )
         return Reply.page(
-            200, "Logged out", "<p>You have been logged out.</p>",
+            200,
+            "Logged out",
+            "<p>You have been logged out.</p>",
             [("Set-Cookie", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax")],
         )
 
@@ -484,7 +559,9 @@ class AccessService:
             return None
         for audience, kind in ((list(self.snapshot.by_aud), "app"), (self.team_aud, "org")):
             try:
-                claims = verifier.verify(token, audience=audience, token_type=kind, now=self.clock())
+                claims = verifier.verify(
+                    token, audience=audience, token_type=kind, now=self.clock()
+                )
             except TokenError:
                 continue
             return None if self.snapshot.revoked(claims) else claims
@@ -537,14 +614,25 @@ class AccessService:
         if decision.allowed:
             code = f"{secrets.randbelow(10**6):06d}"
             code_hash = _hash_code(attempt, code)
-            task = asyncio.get_running_loop().create_task(mail.send_code(idp.config, email, code, app.name))
+            task = asyncio.get_running_loop().create_task(
+                mail.send_code(idp.config, email, code, app.name)
+            )
             self._mail_tasks.add(task)
             task.add_done_callback(self._mail_tasks.discard)
         await self.store.put_pending(
             "otp",
-            {"email": email, "code_hash": code_hash, "kid": app.aud, "host": host,
-             "redirect_url": redirect, "origin": origin, "idp": idp.id},
-            ttl=OTP_TTL, now=now, pending_id=attempt,
+            {
+                "email": email,
+                "code_hash": code_hash,
+                "kid": app.aud,
+                "host": host,
+                "redirect_url": redirect,
+                "origin": origin,
+                "idp": idp.id,
+            },
+            ttl=OTP_TTL,
+            now=now,
+            pending_id=attempt,
         )
         return Reply.page(
             200,
@@ -569,7 +657,9 @@ class AccessService:
         code = form.get("code", "").strip()
         now = self.clock()
         pending = await self.store.get_pending("otp", attempt, now=now)
-        invalid = Reply.page(403, "Invalid code", "<p>That code is wrong or has expired. Request a new code.</p>")
+        invalid = Reply.page(
+            403, "Invalid code", "<p>That code is wrong or has expired. Request a new code.</p>"
+        )
         if pending is None:
             return invalid
         if pending.attempts >= OTP_MAX_ATTEMPTS:
@@ -589,19 +679,28 @@ class AccessService:
             return invalid
         identity = Identity(email=str(data["email"]), idp=str(data["idp"]), amr=("email",))
         return await self._finish_login(
-            req, app, str(data["origin"]), str(data["redirect_url"]), identity,
-            uuid.uuid4().hex, set_org=True,
+            req,
+            app,
+            str(data["origin"]),
+            str(data["redirect_url"]),
+            identity,
+            uuid.uuid4().hex,
+            set_org=True,
         )
 
 
 def _locked() -> Reply:
     return Reply.page(
-        429, "Too many attempts", "<p>Too many wrong codes: this code is locked. Request a new code.</p>"
+        429,
+        "Too many attempts",
+        "<p>Too many wrong codes: this code is locked. Request a new code.</p>",
     )
 
 
 def _bad_redirect() -> Reply:
-    return Reply.page(400, "Bad redirect", "<p>The return address is not part of this application.</p>")
+    return Reply.page(
+        400, "Bad redirect", "<p>The return address is not part of this application.</p>"
+    )
 
 
 def _cookie(token: str, max_age: float) -> str:

@@ -119,7 +119,10 @@ def compile_snapshot(
     token_list = list(tokens)
     entries = {
         t.client_id: ServiceTokenEntry(
-            t.id, t.name, t.client_id, t.secret_hash,
+            t.id,
+            t.name,
+            t.client_id,
+            t.secret_hash,
             t.expires_at.timestamp() if t.expires_at else None,
         )
         for t in token_list
@@ -176,9 +179,13 @@ def compile_snapshot(
             if old == kids and previous.issuer == issuer:
                 ring, verifier = previous.ring, previous.verifier
         if ring is None:
-            current = SigningKey.from_pem(keys[0].kid, keys[0].private_pem, keys[0].created_at.timestamp())
+            current = SigningKey.from_pem(
+                keys[0].kid, keys[0].private_pem, keys[0].created_at.timestamp()
+            )
             prev = (
-                SigningKey.from_pem(keys[1].kid, keys[1].private_pem, keys[1].created_at.timestamp())
+                SigningKey.from_pem(
+                    keys[1].kid, keys[1].private_pem, keys[1].created_at.timestamp()
+                )
                 if len(keys) > 1
                 else None
             )

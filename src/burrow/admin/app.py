@@ -213,9 +213,10 @@ def parse_uuid(text: str, what: str = "tunnel id") -> uuid.UUID:
 
 def mount_admin(app: web.Application, ctx: AdminContext) -> None:
     """Add the API routes and middleware to the edge's admin application."""
-    from burrow.admin import api, cfapi
+    from burrow.admin import access_api, api, cfapi
 
     app[CONTEXT_KEY] = ctx
     app.middlewares.append(_envelope_middleware)
     cfapi.add_routes(app.router)
     api.add_routes(app.router)
+    access_api.add_routes(app.router)

@@ -119,6 +119,7 @@ def serve(
     tls_cert: list[Path] = typer.Option(None, "--tls-cert", help="Certificate chain PEM for HTTPS (repeatable; chosen by SNI)."),
     tls_key: list[Path] = typer.Option(None, "--tls-key", help="Private key PEM for the --tls-cert at the same position."),
     redirect_https: bool = typer.Option(False, "--redirect-https", help="Redirect plain HTTP requests to HTTPS."),
+    team_domain: str = typer.Option(None, "--team-domain", help="Hostname serving the Access login pages (e.g. auth.example.com)."),
 ) -> None:
     """Run the edge."""
 
@@ -129,6 +130,8 @@ def serve(
         )
         if grace_period is not None:
             cfg.grace_period = grace_period
+        if team_domain:
+            cfg.access_team_domain = team_domain.strip().lower().rstrip(".")
         apply_front_door(
             cfg,
             FrontDoorOptions(

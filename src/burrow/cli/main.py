@@ -28,6 +28,7 @@ def _register_commands() -> None:
     from burrow.cli import demo, edge, edge_ingress, ingress, tunnel  # noqa: F401
     from burrow.cli import access  # noqa: F401
     from burrow.cli import manage, operator  # noqa: F401
+    from burrow.cli import edge_access  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from burrow.access.service import ENDPOINT, MAX_BODY, AccessRequest, AccessService, Forward, Reply
+from burrow.access.service import MAX_BODY, AccessRequest, AccessService, Forward, Reply
 from burrow.net.h2conn import H2Stream, Headers
 from burrow.wire import http1
 
@@ -147,7 +147,9 @@ class LocalExchange:
             return
         self.request_done = True
         if self._too_large:
-            self._write(Reply.page(413, "Payload too large", "<p>Login forms are small.</p>"), close=True)
+            self._write(
+                Reply.page(413, "Payload too large", "<p>Login forms are small.</p>"), close=True
+            )
             return
         if type(self.verdict) is Reply:
             close = not self.head.keep_alive or self.head.upgrade is not None
@@ -166,7 +168,9 @@ class LocalExchange:
 
     def _write(self, reply: Reply, *, close: bool) -> None:
         proto = self.proto
-        if (proto.current is not cast(Any, self) and proto.raw is not cast(Any, self)) or proto.closing:
+        if (
+            proto.current is not cast(Any, self) and proto.raw is not cast(Any, self)
+        ) or proto.closing:
             return
         self.response_started = True
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
@@ -192,7 +196,9 @@ class LocalExchange:
 class _H2Local:
     """The same for one HTTP/2 eyeball stream (StreamHandler)."""
 
-    def __init__(self, stream: H2Stream, req: AccessRequest, service: AccessService, verdict: object) -> None:
+    def __init__(
+        self, stream: H2Stream, req: AccessRequest, service: AccessService, verdict: object
+    ) -> None:
         self.stream = stream
         self.req = req
         self.service = service
@@ -257,4 +263,6 @@ def start_access(store: Any, state_dir: Any, team_domain: str) -> AccessService:
     from burrow.store.access_store import AccessStore
     from burrow.store.sealing import SecretBox
 
-    return AccessService(AccessStore(store, SecretBox.load_or_create(state_dir)), team_domain=team_domain)
+    return AccessService(
+        AccessStore(store, SecretBox.load_or_create(state_dir)), team_domain=team_domain
+    )

@@ -473,7 +473,9 @@ class AccessStore:
 
     async def create_idp(self, name: str, type_: str, config: dict[str, Any]) -> IdpRecord:
         if type_ not in IDP_TYPES:
-            raise ConfigError(f"identity provider type must be one of {', '.join(IDP_TYPES)}", status=400)
+            raise ConfigError(
+                f"identity provider type must be one of {', '.join(IDP_TYPES)}", status=400
+            )
         if type_ == "oidc":
             missing = [k for k in ("issuer", "client_id") if not config.get(k)]
             if missing:
@@ -495,7 +497,9 @@ class AccessStore:
         async with self.store._tx(write=False) as conn:
             rows = await conn.execute(sa.select(idps_t).order_by(idps_t.c.created_at))
             return [
-                IdpRecord(r.id, r.name, r.type, self._open_config(r.id, r.config), _utc(r.created_at))
+                IdpRecord(
+                    r.id, r.name, r.type, self._open_config(r.id, r.config), _utc(r.created_at)
+                )
                 for r in rows
             ]
 
@@ -567,9 +571,7 @@ class AccessStore:
             raise ConfigError(f"revocation kind must be one of {', '.join(REVOCATION_KINDS)}")
         created = datetime.now(UTC) if now is None else _ts(now)
         async with self.store._tx(write=True) as conn:
-            await conn.execute(
-                revocations_t.delete().where(revocations_t.c.expires_at < created)
-            )
+            await conn.execute(revocations_t.delete().where(revocations_t.c.expires_at < created))
             await conn.execute(
                 revocations_t.insert().values(
                     kind=kind,
@@ -614,7 +616,9 @@ class AccessStore:
             ).first()
         if row is None or row.kind != kind or _utc(row.expires_at) <= _ts(now):
             return None
-        return PendingRecord(row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at))
+        return PendingRecord(
+            row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at)
+        )
 
     async def take_pending(self, kind: str, pending_id: str, *, now: float) -> PendingRecord | None:
         """Get and delete in one transaction: a one-time value can be redeemed once."""
@@ -627,7 +631,9 @@ class AccessStore:
             await conn.execute(pending_t.delete().where(pending_t.c.id == row.id))
         if _utc(row.expires_at) <= _ts(now):
             return None
-        return PendingRecord(row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at))
+        return PendingRecord(
+            row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at)
+        )
 
     async def count_attempt(self, pending_id: str) -> int:
         """Add one failed attempt; the new count."""
@@ -638,7 +644,9 @@ class AccessStore:
                 .values(attempts=pending_t.c.attempts + 1)
             )
             row = (
-                await conn.execute(sa.select(pending_t.c.attempts).where(pending_t.c.id == pending_id))
+                await conn.execute(
+                    sa.select(pending_t.c.attempts).where(pending_t.c.id == pending_id)
+                )
             ).first()
         return int(row.attempts) if row is not None else 1 << 30
 
@@ -656,7 +664,9 @@ def normalize_app_domain(domain: str) -> str:
 
     text = domain.strip()
     if "://" in text or "?" in text or "#" in text:
-        raise ConfigError(f"application domain {domain!r}: give host[/path], no scheme or query", status=400)
+        raise ConfigError(
+            f"application domain {domain!r}: give host[/path], no scheme or query", status=400
+        )
     host, sep, path = text.partition("/")
     if ":" in host:
         raise ConfigError(f"application domain {domain!r}: no port", status=400)
