@@ -406,3 +406,23 @@ async def test_bad_input_gives_clear_errors(edge: EdgeServer, tmp_path: Path) ->
     assert r.exit_code == 1 and "invalid token scope" in r.output
     r = await cli("edge", "login", "approve", "ZZZZ-ZZZZ", "--account", "acme", *store_args(edge))
     assert r.exit_code == 1 and "no login request" in r.output
+
+
+async def test_operator_command_on_a_locked_database(tmp_path: Path) -> None:
+    """Another process holds the SQLite write lock: a clear error and exit 1 after the busy
+    timeout, and nothing written."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    first = await cli("edge", "account", "create", "first", "--state-dir", str(state))
+    assert first.exit_code == 0, first.output
+    holder = sqlite3.connect(state / "state.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        r = await cli("edge", "account", "create", "second", "--state-dir", str(state))
+        assert r.exit_code == 1 and "locked" in r.output, r.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    listed = await cli("edge", "account", "list", "--state-dir", str(state), "--json")
+    assert [a["name"] for a in json.loads(listed.output)] == ["first"]

@@ -143,8 +143,9 @@ class CertStore:
             self._installed[name.lower().rstrip(".")] = ctx
             self._dev.pop(name, None)
 
-    def has(self, name: str) -> bool:
-        return name in self._installed or self._match(self._from_files, name) is not None
+    def has_operator_cert(self, name: str) -> bool:
+        """An operator-provided file covers `name` (ACME then leaves it alone)."""
+        return self._match(self._from_files, name) is not None
 
     # --- selection --------------------------------------------------------------------------
 

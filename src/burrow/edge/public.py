@@ -42,6 +42,7 @@ class PublicContext:
     stats: EdgeStats | None = None  # request accounting (burrow.observability.metrics)
     gate: Gate = field(default_factory=lambda: Gate(LimitSettings()))
     https_redirect_port: int | None = None  # set: plain HTTP requests are redirected there
+    acme_challenges: dict[str, str] | None = None  # http-01 token -> key authorization
     access: Any = None  # burrow.edge.access_gate.AccessGate when Access is enabled
     _ray_base: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "big"))
     _ray_counter: Any = field(default_factory=itertools.count)
@@ -195,6 +196,14 @@ class EyeballProtocol(asyncio.Protocol):
             self._reject(400, "missing or invalid Host header")
             return
         ray = ctx.next_ray()
+        if ctx.acme_challenges is not None and path.startswith(b"/.well-known/acme-challenge/"):
+            answer = ctx.acme_challenges.get(path[28:].decode("ascii", "replace"))
+            if answer is not None:
+                self._write_simple(
+                    200, answer.encode(), ray, keep_alive=False, content_type=b"text/plain"
+                )
+                self._close_soon()
+                return
         if ctx.https_redirect_port is not None and self.scheme_b == b"http":
             if not path.startswith(b"/.well-known/acme-challenge/"):
                 self._redirect_https(head, host, path, ray)
@@ -213,7 +222,10 @@ class EyeballProtocol(asyncio.Protocol):
         if refusal is not None:
             self._refuse(head, refusal, host, ray)
             return
-        if ctx.access is not None and (path := ctx.access.http1(self, head, host, path, ray)) is None:
+        if (
+            ctx.access is not None
+            and (path := ctx.access.http1(self, head, host, path, ray)) is None
+        ):
             return  # answered by Access (login redirect, 401/403, /cdn-cgi/access/*)
         tunnel_id = ctx.lookup(host)
         if tunnel_id is None:
@@ -306,9 +318,10 @@ class EyeballProtocol(asyncio.Protocol):
         keep_alive: bool,
         head_only: bool = False,
         extra: list[tuple[bytes, bytes]] | None = None,
+        content_type: bytes = b"text/html; charset=utf-8",
     ) -> None:
         headers = [
-            (b"Content-Type", b"text/html; charset=utf-8"),
+            (b"Content-Type", content_type),
             (b"Content-Length", str(len(body)).encode()),
             (b"Cf-Ray", ray.encode()),
             (b"Server", b"burrow"),

@@ -21,6 +21,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
+        self._turn = 0
 
     def add(self, conn: LiveConnection) -> None:
         conns = self._by_tunnel.setdefault(conn.tunnel_id, [])
@@ -41,11 +42,21 @@ class Registry:
         return [c for conns in self._by_tunnel.values() for c in conns]
 
     def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
-        """The accepting connection with the fewest streams in flight (ties: first registered)."""
+        """The accepting connection with the fewest streams in flight. Ties go round-robin, so
+        sequential requests (never more than one in flight) still spread over every connection
+        and every replica."""
+        conns = self._by_tunnel.get(tunnel_id)
+        if not conns:
+            return None
+        n = len(conns)
+        self._turn = start = (self._turn + 1) % n
         best: LiveConnection | None = None
-        for conn in self._by_tunnel.get(tunnel_id, ()):
+        for i in range(n):
+            conn = conns[(start + i) % n]
             if conn.accepting and (best is None or conn.in_flight < best.in_flight):
                 best = conn
+                if conn.in_flight == 0:
+                    break
         return best
 
     def tunnel_count(self) -> int:

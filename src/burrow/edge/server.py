@@ -7,6 +7,7 @@ The data path never waits on the store: routes and tunnel credentials live in an
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import uuid
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from burrow.access.service import AccessService
 from burrow.edge import access_gate
+from burrow.edge.acme_manager import AcmeManager
 from burrow.edge.certs import CertStore
 from burrow.edge.gate import Gate, LimitSettings
 from burrow.edge.public import EyeballProtocol, PublicContext
@@ -29,9 +31,11 @@ from burrow.net import tls
 from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
 from burrow.net.ratelimit import KeyedRateLimiter
 from burrow.observability.metrics import CONTENT_TYPE, EdgeStats, EdgeView, edge_registry, render
+from burrow.pki.acme import AcmeIssuer, load_or_create_account_key
 from burrow.pki.ca import EdgePKI
 from burrow.store.journal import ConnectionJournal, node_id_for, record_for
 from burrow.store.records import RoutingSnapshot
+from burrow.store.sealing import SecretBox
 from burrow.store.secrets import verify_secret
 from burrow.store.sqlalchemy_store import SQLStore
 from burrow.waf.rules import WafEngine
@@ -68,6 +72,11 @@ class EdgeConfig:
     https_listen: list[str] = field(default_factory=list)  # public HTTPS ADDR:PORT (443)
     tls_certs: list[tuple[Path, Path]] = field(default_factory=list)  # (cert, key), SNI by SAN
     redirect_https: bool = False  # answer plain HTTP with a redirect to HTTPS
+    acme_directory: str | None = None  # ACME directory URL: certificates for routed hostnames
+    acme_email: str | None = None
+    acme_ca_bundle: Path | None = None  # CA file to trust for the ACME server's own HTTPS
+    acme_renew_before: float = 30 * 86400.0  # seconds before expiry to renew
+    acme_interval: float = 300.0  # seconds between certificate maintenance rounds
     access_team_domain: str = ""  # hosts the Access login pages (e.g. auth.example.com)
 
 
@@ -98,6 +107,7 @@ class EdgeServer(EdgeView):
         self.http_addresses: list[tuple[str, int]] = []
         self.https_addresses: list[tuple[str, int]] = []
         self.certs: CertStore | None = None
+        self.acme: AcmeManager | None = None
         self.admin_address: tuple[str, int] | None = None
         self.journal: ConnectionJournal | None = None  # live connections in the store
         self.access: AccessService | None = None  # Zero Trust access (burrow.access.service)
@@ -151,6 +161,8 @@ class EdgeServer(EdgeView):
             server.close()
         if self._poller is not None:
             self._poller.cancel()
+        if self.acme is not None:
+            await self.acme.stop()
         for conn in list(self.connections):
             conn.shutdown()
         loop = asyncio.get_running_loop()
@@ -176,7 +188,10 @@ class EdgeServer(EdgeView):
             cfg.names,
             cfg.tls_certs,
             is_routed=lambda host: self.snapshot.lookup(host) is not None,
+            dev_certs=not cfg.acme_directory,
         )
+        if cfg.acme_directory:
+            self._start_acme(cfg, self.certs)
         loop = asyncio.get_running_loop()
         for addr in cfg.https_listen:
             host, port = parse_hostport(addr, 443)
@@ -196,6 +211,26 @@ class EdgeServer(EdgeView):
             "https listening on %s", ",".join(format_hostport(*a) for a in self.https_addresses)
         )
 
+    def _start_acme(self, cfg: EdgeConfig, certs: CertStore) -> None:
+        assert self.store is not None and cfg.acme_directory is not None
+        issuer = AcmeIssuer(
+            cfg.acme_directory,
+            load_or_create_account_key(cfg.state_dir / "acme-account.key"),
+            email=cfg.acme_email,
+            ca_bundle=cfg.acme_ca_bundle,
+        )
+        self.acme = AcmeManager(
+            store=self.store,
+            box=SecretBox.load_or_create(cfg.state_dir),
+            certs=certs,
+            issuer=issuer,
+            hostnames=lambda: self.snapshot.routes.keys(),
+            renew_before=dt.timedelta(seconds=cfg.acme_renew_before),
+            interval=cfg.acme_interval,
+        )
+        self.public.acme_challenges = self.acme.challenges
+        self.acme.start()
+
     # --- routing snapshot ---------------------------------------------------------------------
 
     async def reload(self) -> None:
@@ -203,6 +238,8 @@ class EdgeServer(EdgeView):
         generation = await self.store.change_counter()
         if generation != self._generation:
             self.snapshot = await self.store.snapshot()
+            if self.acme is not None:
+                self.acme.poke()  # new hostnames may need certificates
             if self.access is not None:
                 await self.access.refresh()  # access apps, tokens, keys, revocations
             self._generation = generation

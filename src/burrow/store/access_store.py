@@ -678,5 +678,5 @@ def normalize_app_domain(domain: str) -> str:
         norm = normalize_path("/" + (path[:-1] if star else path))
     except HTTPRequestError as exc:
         raise ConfigError(f"application path {path!r}: {exc}", status=400) from None
-    norm = norm.rstrip("/")
+    norm = norm.rstrip("/").lower()  # app paths match case-insensitively (docs/access.md)
     return host + (norm or "") + ("/*" if star else "")
