@@ -4,6 +4,7 @@ killed, stopped and frozen with signals while a bounded steady load runs through
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -269,10 +270,14 @@ async def test_replica_sigterm_under_load_loses_nothing(tmp_path: Path, origin_p
                 connector_args(token, origin_port, [edge.tunnel], "--ha-connections", "2"),
                 tmp_path / "r1.log",
             )
+            r2_log = tmp_path / "r2.json"
             r2 = Proc(
-                connector_args(token, origin_port, [edge.tunnel], "--ha-connections", "2"),
+                connector_args(
+                    token, origin_port, [edge.tunnel], "--ha-connections", "2",
+                    "--output", "json", "--loglevel", "debug", "--logfile", str(r2_log),
+                ),
                 tmp_path / "r2.log",
-            )
+            )  # fmt: skip
             procs += [r1, r2]
 
             async def four() -> bool:
@@ -287,6 +292,13 @@ async def test_replica_sigterm_under_load_loses_nothing(tmp_path: Path, origin_p
             assert load.failures == [], load.failures
             assert await edge.connections(s) == 2
             assert "unregistering 2 connection(s)" in r1.output()
+            # --output json --logfile: one JSON object per line, and never a secret.
+            records = [json.loads(line) for line in r2_log.read_text().splitlines()]
+            assert any("registered tunnel connection" in r["message"] for r in records)
+            assert {"time", "level", "logger", "message"} <= set(records[0])
+            secret = json.loads(base64.b64decode(token))["s"]
+            for text in (r1.output(), r2_log.read_text(), r2.output()):
+                assert token not in text and secret not in text
     finally:
         for p in procs:
             p.stop()
@@ -369,3 +381,58 @@ async def test_frozen_connector_is_dropped_and_requests_move(
         for p in procs:
             p.stop()
         await edge.stop(grace=0.5)
+
+
+async def test_connector_sigterm_waits_for_in_flight_and_second_signal_forces(
+    tmp_path: Path, origin_port: int
+) -> None:
+    state = tmp_path / "state"
+    token = create_tunnel(state)
+    edge = Edge(state)
+    procs: list[Proc] = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            edge.start(tmp_path / "edge.log")
+            procs.append(edge.proc)  # type: ignore[arg-type]
+            await edge.ready(s)
+            conn = Proc(
+                connector_args(token, origin_port, [edge.tunnel], "--ha-connections", "1",
+                               "--grace-period", "30s"),
+                tmp_path / "c.log",
+            )  # fmt: skip
+            procs.append(conn)
+
+            async def up() -> bool:
+                return await edge.connections(s) == 1
+
+            await until_async(up, 20, "the connection")
+            url = f"http://127.0.0.1:{edge.http}/slow?delay=1.5"
+            slow = asyncio.create_task(s.get(url, headers={"Host": HOST}))
+            await until(lambda: "registered" in conn.output(), 5, "connector log")
+            await asyncio.sleep(0.3)  # let the request reach the origin
+            conn.signal(signal.SIGTERM)
+            r = await slow
+            assert r.status == 200 and await r.text() == "slow\n"  # finished in the grace period
+            assert await conn.wait(10) == 0, conn.output()
+
+            # A second signal does not wait for the grace period.
+            conn2 = Proc(
+                connector_args(token, origin_port, [edge.tunnel], "--ha-connections", "1",
+                               "--grace-period", "30s"),
+                tmp_path / "c2.log",
+            )  # fmt: skip
+            procs.append(conn2)
+            await until_async(up, 20, "the second connector")
+            stuck = asyncio.create_task(
+                s.get(f"http://127.0.0.1:{edge.http}/sse?n=600&interval=0.1", headers={"Host": HOST})
+            )
+            await asyncio.sleep(0.3)
+            conn2.signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert conn2.p.poll() is None  # still draining the 60 s stream
+            conn2.signal(signal.SIGTERM)
+            assert await conn2.wait(5) == 130
+            stuck.cancel()
+    finally:
+        for p in procs:
+            p.stop()

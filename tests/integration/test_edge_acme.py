@@ -13,11 +13,9 @@ from cryptography import x509
 
 from burrow.edge.acme_manager import AcmeManager
 from burrow.store.certificates import all_certificates, put_certificate
-from burrow.testing.frontdoor import edge_stack
+from burrow.testing.frontdoor import curl, edge_stack
 from burrow.testing.harness import provision
 from burrow.testing.pebble import free_port, pebble_missing, run_pebble
-
-from .test_edge_https import curl  # noqa: TID252
 
 pytestmark = pytest.mark.skipif(pebble_missing() is not None, reason=str(pebble_missing()))
 

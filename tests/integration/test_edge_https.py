@@ -16,36 +16,12 @@ import pytest
 import trustme
 
 from burrow.edge.gate import LimitSettings
-from burrow.edge.server import EdgeServer
-from burrow.testing.frontdoor import edge_stack, raw_exchange
+from burrow.testing.frontdoor import curl, edge_stack, raw_exchange
 from burrow.testing.origins import pattern_bytes
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
 HOSTS = ["app.localhost", "other.localhost", "files.localhost"]
-
-
-async def curl(
-    edge: EdgeServer, host: str, path: str, *args: str, cacert: Path | None = None
-) -> tuple[str, int, bytes]:
-    """(http_version, status, body) of one curl request to the HTTPS listener."""
-    assert edge.pki is not None
-    port = edge.https_addresses[0][1]
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "20",
-        "--cacert", str(cacert or edge.pki.ca_cert_path),
-        "--resolve", f"{host}:{port}:127.0.0.1",
-        "-w", "\n%{http_version} %{response_code}",
-        *args,
-        f"https://{host}:{port}{path}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    body, _, tail = out.rpartition(b"\n")
-    version, status = tail.decode().split()
-    return version, int(status), body
 
 
 async def test_h2_and_h1_over_https_through_the_tunnel(tmp_path: Path) -> None:

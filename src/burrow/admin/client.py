@@ -22,9 +22,10 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:  # imported when used: `burrow tunnel run` loads this module but no client
+    import aiohttp
 
 from burrow.errors import BurrowError, ConfigError
 
@@ -235,6 +236,8 @@ class ApiClient:
 
     def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 15.0) -> None:
         self.base_url = base_url.rstrip("/")
+        import aiohttp
+
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -243,6 +246,8 @@ class ApiClient:
         return f"ApiClient({self.base_url!r})"
 
     async def __aenter__(self) -> ApiClient:
+        import aiohttp
+
         headers = {"Accept": "application/json", "User-Agent": "burrow"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -272,6 +277,8 @@ class ApiClient:
         body: Any = None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        import aiohttp
+
         assert self._session is not None, "use ApiClient in `async with`"
         url = self.base_url + path
         try:

@@ -68,7 +68,7 @@ def demo(
         if existing is not None:
             await edge.store.delete_tunnel(existing.id)
         made = await create_tunnel(
-            edge.store, edge.pki, "demo", [hostname], edges=[tunnel_addr], overwrite=True
+            edge.store, edge.pki, sd, "demo", [hostname], edges=[tunnel_addr], overwrite=True
         )
         await edge.reload()
         connector = Connector(

@@ -119,6 +119,9 @@ def serve(
     tls_cert: list[Path] = typer.Option(None, "--tls-cert", help="Certificate chain PEM for HTTPS (repeatable; chosen by SNI)."),
     tls_key: list[Path] = typer.Option(None, "--tls-key", help="Private key PEM for the --tls-cert at the same position."),
     redirect_https: bool = typer.Option(False, "--redirect-https", help="Redirect plain HTTP requests to HTTPS."),
+    acme_directory: str = typer.Option(None, "--acme-directory", help="ACME directory URL: get certificates for routed hostnames automatically (http-01)."),
+    acme_email: str = typer.Option(None, "--acme-email", help="Contact e-mail for the ACME account."),
+    acme_ca_bundle: Path = typer.Option(None, "--acme-ca-bundle", help="CA file trusted for the ACME server's HTTPS (test CAs)."),
     team_domain: str = typer.Option(None, "--team-domain", help="Hostname serving the Access login pages (e.g. auth.example.com)."),
 ) -> None:
     """Run the edge."""
@@ -148,6 +151,9 @@ def serve(
                 tls_cert=tls_cert or [],
                 tls_key=tls_key or [],
                 redirect_https=redirect_https,
+                acme_directory=acme_directory,
+                acme_email=acme_email,
+                acme_ca_bundle=acme_ca_bundle,
             ),
         )
 
@@ -189,7 +195,7 @@ def tunnel_create(
         store = await _open(sd, store_url)
         try:
             edges = split_list(edge_address) or list(advertised_edges(sd))
-            result = await create_tunnel(store, pki, name, hostname or [], edges=edges)
+            result = await create_tunnel(store, pki, sd, name, hostname or [], edges=edges)
         finally:
             await store.close()
         path = credentials_file or (sd / "tunnels" / f"{result.tunnel.id}.json")

@@ -50,6 +50,9 @@ class FrontDoorOptions:
     tls_cert: list[Path] = field(default_factory=list)
     tls_key: list[Path] = field(default_factory=list)
     redirect_https: bool = False
+    acme_directory: str | None = None
+    acme_email: str | None = None
+    acme_ca_bundle: Path | None = None
 
 
 def apply_front_door(cfg: EdgeConfig, opts: FrontDoorOptions) -> None:
@@ -87,6 +90,12 @@ def apply_front_door(cfg: EdgeConfig, opts: FrontDoorOptions) -> None:
             (c.expanduser(), k.expanduser())
             for c, k in zip(opts.tls_cert, opts.tls_key, strict=True)
         ]
+    if opts.acme_directory:
+        if not cfg.https_listen:
+            raise ConfigError("--acme-directory needs --https-listen")
+        cfg.acme_directory = opts.acme_directory
+        cfg.acme_email = opts.acme_email
+        cfg.acme_ca_bundle = opts.acme_ca_bundle.expanduser() if opts.acme_ca_bundle else None
     if opts.redirect_https:
         if not cfg.https_listen:
             raise ConfigError("--redirect-https needs --https-listen")

@@ -15,9 +15,7 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from burrow import __version__
 from burrow.connector.credentials import TunnelCredentials
@@ -29,8 +27,10 @@ from burrow.ingress.rules import HelloWorldService, Ingress
 from burrow.net.backoff import Backoff
 from burrow.net.listen import parse_hostport
 from burrow.observability.metrics import ConnectorStats, ConnectorView
-from burrow.origin.hello import start_hello_world
 from burrow.wire.registration import ClientInfo, RegistrationRequest
+
+if TYPE_CHECKING:  # aiohttp is loaded only for the metrics server or hello_world
+    from aiohttp import web
 
 log = logging.getLogger("burrow.connector")
 
@@ -214,6 +214,8 @@ class Connector(ConnectorView):
         if self._hello is None and any(
             isinstance(r.service, HelloWorldService) for r in ingress.rules
         ):
+            from burrow.origin.hello import start_hello_world
+
             self._hello, port = await start_hello_world()
             self.dispatcher.hello_address = ("127.0.0.1", port)
 

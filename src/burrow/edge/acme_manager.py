@@ -98,13 +98,13 @@ class AcmeManager:
         for name in sorted(set(self.hostnames())):
             if not _orderable(name) or self.certs.has_operator_cert(name):
                 continue
-            cert = self.installed.get(name)
-            if cert is not None and cert.not_after - now > self.renew_before:
+            have = self.installed.get(name)
+            if have is not None and have.not_after - now > self.renew_before:
                 continue
             retry = self._retry_at.get(name)
             if retry is not None and loop.time() < retry[0]:
                 continue
-            await self._order(name, renewal=cert is not None)
+            await self._order(name, renewal=have is not None)
 
     async def _order(self, name: str, *, renewal: bool) -> None:
         log.info("%s certificate for %s over ACME", "renewing" if renewal else "ordering", name)

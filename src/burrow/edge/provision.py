@@ -6,6 +6,7 @@ Shared by `burrow edge tunnel create` and `burrow demo`.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from burrow.errors import Conflict
 from burrow.net.listen import format_hostport
 from burrow.pki.ca import EdgePKI
 from burrow.store.records import Tunnel, normalize_hostname
+from burrow.store.sealing import SecretBox
 from burrow.store.secrets import hash_secret
 from burrow.store.sqlalchemy_store import SQLStore
 
@@ -56,6 +58,7 @@ def record_addresses(state_dir: Path, tunnel: list[tuple[str, int]]) -> None:
 async def create_tunnel(
     store: SQLStore,
     pki: EdgePKI,
+    state_dir: Path,
     name: str,
     hostnames: Sequence[str],
     *,
@@ -75,7 +78,12 @@ async def create_tunnel(
             if host in existing:
                 raise Conflict(f"hostname {host} is already routed to tunnel {existing[host]}")
     secret = generate_tunnel_secret()
-    tunnel = await store.create_tunnel(account.id, name, hash_secret(secret))
+    tunnel_id = uuid.uuid4()
+    # Sealed so that `tunnel token` can hand the token out again later (see store/sealing.py).
+    sealed = SecretBox.load_or_create(state_dir).seal(tunnel_id, secret)
+    tunnel = await store.create_tunnel(
+        account.id, name, hash_secret(secret), tunnel_id=tunnel_id, secret_sealed=sealed
+    )
     try:
         for host in normalized:
             await store.add_route(host, tunnel.id, overwrite=overwrite)

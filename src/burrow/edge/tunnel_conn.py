@@ -136,6 +136,7 @@ class EdgeTunnelConnection(H2Endpoint):
         self.conn_index = -1
         self.client_id = b""
         self.client_version = ""
+        self.client_arch = ""
         self.since = 0.0
         self.registered = False
         self.draining = False
@@ -222,6 +223,7 @@ class EdgeTunnelConnection(H2Endpoint):
         self.conn_index = request.conn_index
         self.client_id = request.client.client_id
         self.client_version = request.client.version
+        self.client_arch = request.client.arch
         self.since = time.time()
         session.accept_registration(
             question_id,

@@ -85,13 +85,13 @@ class AcmeIssuer:
         return f"AcmeIssuer({self.directory_url!r})"
 
     def _connect(self) -> object:
-        import josepy
+        from josepy.jwk import JWKRSA
         from acme import client, messages
 
         if self._client is not None:
             return self._client
         key = serialization.load_pem_private_key(self._account_key_pem, password=None)
-        jwk = josepy.JWKRSA(key=key)
+        jwk = JWKRSA(key=key)
         net = client.ClientNetwork(
             jwk,
             user_agent="burrow-edge",

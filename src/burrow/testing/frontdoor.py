@@ -99,3 +99,26 @@ async def raw_exchange(
     finally:
         writer.close()
     return out
+
+
+async def curl(
+    edge: EdgeServer, host: str, path: str, *args: str, cacert: Path | None = None
+) -> tuple[str, int, bytes]:
+    """(http_version, status, body) of one curl request to the HTTPS listener."""
+    assert edge.pki is not None
+    port = edge.https_addresses[0][1]
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "20",
+        "--cacert", str(cacert or edge.pki.ca_cert_path),
+        "--resolve", f"{host}:{port}:127.0.0.1",
+        "-w", "\n%{http_version} %{response_code}",
+        *args,
+        f"https://{host}:{port}{path}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    body, _, tail = out.rpartition(b"\n")
+    version, status = tail.decode().split()
+    return version, int(status), body

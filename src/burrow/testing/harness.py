@@ -18,6 +18,10 @@ from burrow.edge.provision import Provisioned, create_tunnel
 from burrow.edge.server import EdgeConfig, EdgeServer
 from burrow.ingress.rules import Ingress
 from burrow.net.listen import format_hostport
+from burrow.testing.pgdb import create_database, edges_use_postgres
+
+
+_PG_DATABASES: dict[str, str] = {}
 
 
 async def start_edge(state_dir: Path, **overrides: Any) -> EdgeServer:
@@ -31,6 +35,13 @@ async def start_edge(state_dir: Path, **overrides: Any) -> EdgeServer:
     )
     for key, value in overrides.items():
         setattr(cfg, key, value)
+    if cfg.store_url is None and edges_use_postgres():
+        # The same tests, on PostgreSQL: scripts/test.sh runs a second pass this way. An edge
+        # restarted on the same state directory finds the same database.
+        key = str(state_dir.resolve())
+        if key not in _PG_DATABASES:
+            _PG_DATABASES[key] = await create_database("burrow_edge")
+        cfg.store_url = _PG_DATABASES[key]
     edge = EdgeServer(cfg)
     await edge.start()
     return edge
@@ -43,6 +54,7 @@ async def provision(
     made = await create_tunnel(
         edge.store,
         edge.pki,
+        edge.config.state_dir,
         name,
         hostnames,
         edges=[format_hostport(*a) for a in edge.tunnel_addresses],

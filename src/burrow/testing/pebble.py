@@ -66,7 +66,7 @@ async def _wait_for_line(stream: asyncio.StreamReader, needle: bytes, seconds: f
 async def run_pebble(workdir: Path, http_port: int) -> AsyncIterator[Pebble]:
     import trustme
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, tiny
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     cert, key, bundle = workdir / "pebble.pem", workdir / "pebble.key", workdir / "ca.pem"

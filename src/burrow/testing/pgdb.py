@@ -10,9 +10,40 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.engine import make_url
 
-__all__ = ["PG_URL", "fresh_database", "store_url_or_none"]
+__all__ = [
+    "PG_URL",
+    "create_database",
+    "edges_use_postgres",
+    "fresh_database",
+    "store_url_or_none",
+]
 
 PG_URL = os.environ.get("BURROW_TEST_PG_URL", "")
+
+
+async def create_database(prefix: str = "burrow_test") -> str:
+    """A new, empty database that lives as long as the test cluster; returns its URL."""
+    import asyncpg
+
+    base = make_url(PG_URL)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(
+        host=base.host,
+        port=base.port,
+        user=base.username,
+        password=base.password,
+        database=base.database,
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def edges_use_postgres() -> bool:
+    """True when the suite runs its edges on PostgreSQL (`BURROW_TEST_STORE=postgres`)."""
+    return bool(PG_URL) and os.environ.get("BURROW_TEST_STORE") == "postgres"
 
 
 @contextlib.asynccontextmanager
