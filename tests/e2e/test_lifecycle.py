@@ -33,21 +33,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+async def until(predicate: Callable[[], object], within: float, what: str) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-async def until_async(predicate: Callable[[], object], timeout: float, what: str) -> None:
+async def until_async(predicate: Callable[[], object], within: float, what: str) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await predicate():  # type: ignore[misc]
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -65,12 +65,12 @@ class Proc:
         if self.p.poll() is None:
             os.kill(self.p.pid, sig)
 
-    async def wait(self, timeout: float) -> int:
+    async def wait(self, within: float) -> int:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while self.p.poll() is None:
             if loop.time() > deadline:
-                raise AssertionError(f"process did not exit in {timeout}s:\n{self.output()}")
+                raise AssertionError(f"process did not exit in {within}s:\n{self.output()}")
             await asyncio.sleep(0.05)
         return self.p.returncode
 
@@ -136,7 +136,7 @@ class Load:
 
     ports: Callable[[], list[int]]
     workers: int = 3
-    limit: int = 5000
+    limit: int = 50000
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -164,9 +164,13 @@ class Load:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(f"{port}: {exc!r}")
 
-    async def wait_ok(self, n: int, timeout: float = 20.0) -> None:
+    async def wait_ok(self, n: int, within: float = 20.0) -> None:
         target = self.ok + n
-        await until(lambda: self.ok >= target, timeout, f"{n} more successful requests")
+        await until(
+            lambda: self.ok >= target,
+            within,
+            f"{n} more successful requests (ok={self.ok}, failures={self.failures[-5:]})",
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -424,7 +428,9 @@ async def test_connector_sigterm_waits_for_in_flight_and_second_signal_forces(
             procs.append(conn2)
             await until_async(up, 20, "the second connector")
             stuck = asyncio.create_task(
-                s.get(f"http://127.0.0.1:{edge.http}/sse?n=600&interval=0.1", headers={"Host": HOST})
+                s.get(
+                    f"http://127.0.0.1:{edge.http}/sse?n=600&interval=0.1", headers={"Host": HOST}
+                )
             )
             await asyncio.sleep(0.3)
             conn2.signal(signal.SIGTERM)

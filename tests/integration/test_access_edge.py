@@ -382,3 +382,68 @@ async def test_open_redirect_corpus_is_refused_by_the_edge(stack: AccessStack) -
     for p in payloads[:50]:
         r = await stack.get(f"/cdn-cgi/access/authorized?code=x&redirect_url={quote(p, safe='')}")
         assert r.status == 400
+
+
+async def test_one_time_pin_mails_at_most_three_codes_per_address(  # type: ignore[no-untyped-def]
+    stack: AccessStack, smtp_sink
+) -> None:
+    await _use_sink(stack, smtp_sink)
+    pages = [await _otp_request(stack, "alice@example.com") for _ in range(4)]
+    await stack.edge.access.mail_sent()
+    assert smtp_sink.messages.qsize() == 3  # the fourth request mailed nothing
+    strip = lambda s: re.sub(r'value="[^"]+"', "", s)  # noqa: E731
+    assert len({strip(page) for _, page in pages}) == 1  # ... and looked the same
+
+
+async def test_cors_preflight_is_answered_from_the_app_settings(stack: AccessStack) -> None:
+    st = stack.access
+    api = await st.create_app(
+        "api",
+        "app.localhost/api",
+        cors={
+            "allowed_origins": ["http://web.localhost"],
+            "allowed_methods": ["GET", "PUT"],
+            "allowed_headers": ["X-Token"],
+            "allow_credentials": True,
+            "max_age": 600,
+        },
+    )
+    await st.create_policy(api.id, "alice", "allow", [("email", "alice@example.com", "")])
+    bypass = await st.create_app(
+        "api2", "app.localhost/api2", cors={"options_preflight_bypass": True}
+    )
+    await st.create_policy(bypass.id, "alice", "allow", [("email", "alice@example.com", "")])
+    await stack.sync()
+    pre = {
+        "Origin": "http://web.localhost",
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "x-token",
+    }
+    r = await stack.get("/api/x", method="OPTIONS", headers=pre)
+    assert r.status == 200
+    assert r.header("access-control-allow-origin") == "http://web.localhost"
+    assert r.header("access-control-allow-methods") == "PUT"
+    assert r.header("access-control-allow-headers") == "x-token"
+    assert r.header("access-control-allow-credentials") == "true"
+    assert r.header("access-control-max-age") == "600"
+    for bad in (
+        {**pre, "Origin": "http://evil.localhost"},
+        {**pre, "Access-Control-Request-Method": "DELETE"},
+        {**pre, "Access-Control-Request-Headers": "x-token, x-other"},
+    ):
+        r = await stack.get("/api/x", method="OPTIONS", headers=bad)
+        assert r.status == 403 and not r.header("access-control-allow-origin")
+    assert stack.origin.seen == []
+    # a plain request (or an OPTIONS that is not a preflight) still needs a login
+    assert (await stack.get("/api/x")).status == 302
+    assert (await stack.get("/api/x", method="OPTIONS")).status == 302
+    # bypass: the origin answers the preflight
+    r = await stack.get("/api2/x", method="OPTIONS", headers=pre)
+    assert r.status == 200 and r.json()["target"] == "/api2/x"
+    # every decision is counted in the edge's metrics
+    from burrow.observability.metrics import render
+
+    text = render(stack.edge.metrics)
+    text = text.decode() if isinstance(text, bytes) else text
+    assert 'burrow_access_decisions_total{app="api",outcome="deny"} 3.0' in text
+    assert 'burrow_access_decisions_total{app="api2",outcome="bypass"} 1.0' in text

@@ -89,3 +89,30 @@ async def test_acme_certificates_issued_verified_and_renewed(tmp_path: Path) -> 
             assert renewed.updated_at > before.updated_at
             assert renewed.not_after - dt.datetime.now(dt.UTC) > dt.timedelta(days=2)
             assert (await curl(edge, "app.localhost", "/echo", "--http2", cacert=root))[1] == 200
+
+
+async def test_acme_tls_alpn_01(tmp_path: Path) -> None:
+    """The tls-alpn-01 challenge, answered by the HTTPS listener itself (RFC 8737)."""
+    http_port, https_port = free_port(), free_port()
+    async with run_pebble(tmp_path / "pebble", http_port, tls_port=https_port) as pebble:
+        async with edge_stack(
+            tmp_path / "edge",
+            hostnames=("app.localhost",),
+            http_listen=[f"127.0.0.1:{http_port}"],
+            https_listen=[f"127.0.0.1:{https_port}"],
+            acme_directory=pebble.directory,
+            acme_ca_bundle=pebble.ca_bundle,
+            acme_challenges=("tls-alpn-01",),
+            acme_interval=3600.0,
+        ) as (edge, _seen):
+            manager = edge.acme
+            assert manager is not None and edge.certs is not None
+            await _until_installed(manager, "app.localhost")
+            assert manager.challenges == {}  # no http-01 was used
+            assert edge.certs._alpn_challenges == {}  # withdrawn after validation
+            root = tmp_path / "pebble-root.pem"
+            root.write_bytes(pebble.root_pem())
+            assert (await curl(edge, "app.localhost", "/echo", "--http2", cacert=root))[:2] == (
+                "2",
+                200,
+            )

@@ -64,6 +64,27 @@ async def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
         writer.close()
 
 
+async def test_header_deadline_also_applies_to_later_keepalive_requests(tmp_path: Path) -> None:
+    limits = LimitSettings(header_timeout=0.5, idle_timeout=30.0)
+    async with edge_stack(tmp_path, limits=limits) as (edge, _seen):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.http_addresses[0][1])
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        got = b""
+        while b"}" not in got:  # the JSON body of the first response
+            got += await asyncio.wait_for(reader.read(65536), 5)
+        assert got.startswith(b"HTTP/1.1 200")
+        # The second request's head trickles in and never completes: cut off at the
+        # header deadline, long before the idle timeout.
+        t0 = time.monotonic()
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: app")
+        for _ in range(3):
+            await asyncio.sleep(0.2)
+            writer.write(b".")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert time.monotonic() - t0 < 3
+        writer.close()
+
+
 # --- rate limits ---------------------------------------------------------------------------------
 
 

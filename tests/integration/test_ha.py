@@ -33,13 +33,13 @@ def _ingress(origin_port: int) -> Ingress:
     )
 
 
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+async def _until(predicate: Callable[[], bool], within: float, what: str) -> None:
     """Poll a condition on live state (there is no event for 'the edge sees N connections')."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -53,7 +53,7 @@ class Load:
 
     url: str
     workers: int = 4
-    limit: int = 3000
+    limit: int = 20000
     ok: int = 0
     failures: list[tuple[float, str]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -77,9 +77,9 @@ class Load:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append((loop.time(), repr(exc)))
 
-    async def wait_ok(self, n: int, timeout: float = 10.0) -> None:
+    async def wait_ok(self, n: int, within: float = 10.0) -> None:
         target = self.ok + n
-        await _until(lambda: self.ok >= target, timeout, f"{n} more successful requests")
+        await _until(lambda: self.ok >= target, within, f"{n} more successful requests")
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -314,3 +314,66 @@ async def test_refused_registrations_are_counted(edge: EdgeServer, origin_port: 
         await asyncio.wait_for(connector.run(), 10)
     await connector.stop(grace=0)
     assert edge.stats.registration_fail == {"bad_credentials": 1}
+
+
+async def test_a_name_with_several_addresses_spreads_connections(
+    tmp_path: Path, origin_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--edge NAME:PORT` where NAME resolves to several addresses (here ::1 and 127.0.0.1,
+    from a resolver stub: the sockets behind them are real)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        edge = await start_edge(
+            tmp_path / "edge", tunnel_listen=[f"127.0.0.1:{port}", f"[::1]:{port}"]
+        )
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback or port taken: {exc}")
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def resolver(host, port_, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host == "edge.test":
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port_, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port_)),
+            ]
+        return await real(host, port_, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolver)
+    connector = None
+    try:
+        made = await provision(edge)
+        connector = _connector(made, origin_port, [f"edge.test:{port}"], ha_connections=4)
+        await connector.start()
+        assert connector.addresses == [("::1", port), ("127.0.0.1", port)]
+        await _until(lambda: connector.ready_connections == 4, 10, "4 connections")
+        hosts = [connector.placement[i][0] for i in range(4)]
+        assert hosts == ["::1", "127.0.0.1", "::1", "127.0.0.1"]
+        peers = sorted(c.peer for c in _edge_conns(edge))
+        assert peers == ["127.0.0.1", "127.0.0.1", "::1", "::1"]
+    finally:
+        if connector is not None:
+            await connector.stop(grace=0.5)
+        await edge.stop(grace=0.5)
+
+
+async def test_retries_bound_the_first_connection(edge: EdgeServer, origin_port: int) -> None:
+    """`--retries N`: with no edge reachable at start-up the connector gives up after N+1
+    attempts (backoff 0.25-0.5 s, 0.5-1 s, ...) instead of retrying for ever."""
+    import socket
+
+    made = await provision(edge)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing listens once closed
+    connector = _connector(made, origin_port, [dead], retries=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(Exception, match="after 3 attempt"):
+        await asyncio.wait_for(connector.run(), 10)
+    assert loop.time() - t0 < 4
+    await connector.stop(grace=0)

@@ -69,9 +69,7 @@ async def test_cloudflared_and_burrow_are_replicas(tmp_path: Path) -> None:
         await connector.start()
 
         def clients() -> set[bytes]:
-            return {
-                c.client_id for c in edge.registry.all() if isinstance(c, EdgeTunnelConnection)
-            }
+            return {c.client_id for c in edge.registry.all() if isinstance(c, EdgeTunnelConnection)}
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30

@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import aiohttp
 from joserfc import jwt
@@ -47,7 +47,18 @@ JWKS_MIN_REFRESH = 30.0  # an unknown kid triggers at most one JWKS fetch per th
 HTTP_TIMEOUT = 10.0
 MAX_RESPONSE = 1 << 20
 LEEWAY = 60.0
-ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+ALGORITHMS = [
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+]
 DEFAULT_SCOPES = "openid email profile"
 
 
@@ -199,7 +210,7 @@ class OIDCProvider:
         now = time.monotonic()
         cached = self.cache.jwks.get(uri)
         fresh = cached is not None and now - cached.at < DISCOVERY_TTL
-        if cached is not None and (fresh and not refresh or now - cached.at < JWKS_MIN_REFRESH):
+        if cached is not None and ((fresh and not refresh) or now - cached.at < JWKS_MIN_REFRESH):
             return KeySet.import_key_set(cached.value)  # type: ignore[arg-type]
         doc = await self._get(session, uri, "JWKS")
         keys = doc.get("keys")
@@ -244,18 +255,18 @@ class OIDCProvider:
                 "redirect_uri": redirect_uri,
                 "code_verifier": verifier,
             }
-            auth = None
+            headers: dict[str, str] = {}
             if self._secret and self.token_auth == "client_secret_post":
                 form.update(client_id=self.client_id, client_secret=self._secret)
             elif self._secret:
-                auth = aiohttp.BasicAuth(
-                    _form_encode(self.client_id), _form_encode(self._secret)
-                )  # RFC 6749 2.3.1: form-encoded before Basic
+                # RFC 6749 2.3.1: both parts form-encoded before the Basic encoding.
+                pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
+                headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
             else:
                 form["client_id"] = self.client_id
             try:
                 async with session.post(
-                    str(doc["token_endpoint"]), data=form, auth=auth, allow_redirects=False
+                    str(doc["token_endpoint"]), data=form, headers=headers, allow_redirects=False
                 ) as resp:
                     tokens = await self._json(resp, "token endpoint")
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -273,7 +284,10 @@ class OIDCProvider:
                 and isinstance(userinfo_url, str)
             ):
                 # Some IdPs put profile claims only in userinfo (OIDC Core 5.4).
-                claims = {**(await self._userinfo(session, userinfo_url, access_token, claims)), **claims}
+                claims = {
+                    **(await self._userinfo(session, userinfo_url, access_token, claims)),
+                    **claims,
+                }
                 email = claims.get(self.email_claim)
         if not isinstance(email, str) or "@" not in email:
             raise OIDCError(f"the IdP gave no {self.email_claim!r} claim with an email address")
@@ -324,9 +338,8 @@ class OIDCProvider:
             raise OIDCError("the id_token's algorithm is not accepted")
         kid = header.get("kid")
         keyset = await self._jwks(session, jwks_uri)
-        if kid is not None and keyset.get_by_kid(kid) is None if _has_kid(keyset, kid) else True:
-            if kid is not None and not _has_kid(keyset, kid):
-                keyset = await self._jwks(session, jwks_uri, refresh=True)
+        if isinstance(kid, str) and not _has_kid(keyset, kid):
+            keyset = await self._jwks(session, jwks_uri, refresh=True)  # the IdP rotated keys
         try:
             decoded = jwt.decode(token, keyset, algorithms=ALGORITHMS)
         except (JoseError, ValueError) as exc:
@@ -364,12 +377,6 @@ def _has_kid(keyset: KeySet, kid: str) -> bool:
 
 def _b64(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _form_encode(value: str) -> str:
-    from urllib.parse import quote_plus
-
-    return quote_plus(value)
 
 
 @dataclass

@@ -33,10 +33,12 @@ from urllib.parse import parse_qsl, urlencode
 
 from burrow.access import mail
 from burrow.access.apps import Application, normalize_path
+from burrow.access.oidc import PKCE, OIDCCache, OIDCError, OIDCProvider
 from burrow.access.policy import Decision, Identity, Outcome, RequestFacts, evaluate
 from burrow.access.redirects import safe_redirect
 from burrow.access.snapshot import AccessSnapshot, compile_snapshot, identity_claims
 from burrow.access.tokens import Claims, SigningKey, TokenError, issue
+from burrow.access.transfer import TransferError, fingerprint, parse_public_key, seal, transfer_id
 from burrow.errors import HTTPRequestError
 from burrow.store.access_store import AccessStore
 
@@ -48,7 +50,11 @@ COOKIE = "CF_Authorization"
 ORG_LIFETIME = 24 * 3600.0
 OTP_TTL = 600.0
 OTP_MAX_ATTEMPTS = 5
+OTP_SENDS_PER_ADDRESS = 3  # codes mailed to one address per OTP_TTL (this edge node)
 CODE_TTL = 60.0
+TRANSFER_TTL = 300.0  # the CLI polls for its token this long at most
+OIDC_TTL = 600.0  # a login at the IdP must finish within 10 minutes
+OIDC_STATE_COOKIE = "CF_Access_OIDC_"  # + a digest of the state: binds the login to the browser
 MAX_BODY = 16 * 1024
 _STRIP = frozenset(
     {b"cf-access-jwt-assertion", b"cf-access-client-secret", b"cf-access-authenticated-user-email"}
@@ -165,6 +171,8 @@ class AccessService:
         self._service_jwts: dict[tuple[str, str], tuple[str, float]] = {}
         self._mail_tasks: set[asyncio.Task[None]] = set()
         self.decisions: dict[tuple[str, str], int] = {}  # (app name, outcome) -> count
+        self.oidc_cache = OIDCCache()
+        self._otp_sends: dict[str, list[float]] = {}  # address -> times a code was mailed
 
     # -- snapshot ---------------------------------------------------------------------------
 
@@ -217,6 +225,13 @@ class AccessService:
         app = snap.apps.find(host, path)
         if app is None:
             return Forward(forward_path)
+        if (
+            app.cors
+            and req.method == "OPTIONS"
+            and req.header(b"origin")
+            and req.header(b"access-control-request-method")
+        ):
+            return self._preflight(req, app, forward_path)
         now = self.clock()
         facts_ip = _ip(req.ip)
         client_id = req.header(b"cf-access-client-id")
@@ -265,6 +280,60 @@ class AccessService:
                 )
             return Reply.redirect(self._login_url(req, app, forward_path.decode()))
         return self._denied(req, app)
+
+    def _preflight(
+        self, req: AccessRequest, app: Application, forward_path: bytes
+    ) -> Forward | Reply:
+        """A CORS preflight (browsers send it without cookies, so it could never pass a login):
+        answered from the app's CORS settings (Cloudflare's names: allowed_origins,
+        allowed_methods, allowed_headers, allow_all_origins, allow_all_methods,
+        allow_all_headers, allow_credentials, max_age), or passed to the origin when
+        `options_preflight_bypass` is set."""
+        cors = app.cors
+        if cors.get("options_preflight_bypass"):
+            self._audit(app, "bypass", None, req, "cors-preflight")
+            return Forward(forward_path)
+        origin = req.header(b"origin").strip()
+        method = req.header(b"access-control-request-method").strip().upper()
+        wanted = [
+            h.strip().lower()
+            for h in req.header(b"access-control-request-headers").split(",")
+            if h.strip()
+        ]
+
+        def listed(key: str) -> list[str]:
+            value = cors.get(key) or []
+            return [str(v) for v in value] if isinstance(value, list) else []
+
+        ok_origin = bool(cors.get("allow_all_origins")) or origin in listed("allowed_origins")
+        ok_method = bool(cors.get("allow_all_methods")) or method in [
+            m.upper() for m in listed("allowed_methods")
+        ]
+        allowed_headers = {h.lower() for h in listed("allowed_headers")}
+        ok_headers = bool(cors.get("allow_all_headers")) or all(
+            h in allowed_headers for h in wanted
+        )
+        if not (ok_origin and ok_method and ok_headers):
+            self._audit(app, "deny", None, req, "cors-preflight")
+            return Reply(403, [("Vary", "Origin"), ("Cache-Control", "no-store")], b"")
+        credentials = bool(cors.get("allow_credentials"))
+        headers = [
+            (
+                "Access-Control-Allow-Origin",
+                "*" if cors.get("allow_all_origins") and not credentials else origin,
+            ),
+            ("Access-Control-Allow-Methods", method),
+            ("Vary", "Origin"),
+        ]
+        if wanted:
+            headers.append(("Access-Control-Allow-Headers", ", ".join(wanted)))
+        if credentials:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        max_age = cors.get("max_age")
+        if isinstance(max_age, int) and 0 < max_age <= 86400:
+            headers.append(("Access-Control-Max-Age", str(max_age)))
+        self._audit(app, "bypass", None, req, "cors-preflight")
+        return Reply(200, headers, b"")
 
     def _denied(self, req: AccessRequest, app: Application) -> Reply:
         return Reply.page(
@@ -330,6 +399,14 @@ class AccessService:
                 return self._login_start(req)
             if name.startswith("login/"):
                 return await self._login_page(req, name[len("login/") :])
+            if name.startswith("oidc/"):
+                return await self._oidc_start(req, name[len("oidc/") :])
+            if name == "cli":
+                return await self._cli(req)
+            if name.startswith("transfer/"):
+                return await self._transfer(name[len("transfer/") :])
+            if name == "callback":
+                return await self._oidc_callback(req)
             if name == "otp" and req.method == "POST":
                 return await self._otp_start(req)
             if name == "otp/verify" and req.method == "POST":
@@ -588,6 +665,210 @@ class AccessService:
             },
         )
 
+    # -- command-line login (`burrow access login`) -------------------------------------------
+
+    async def _cli(self, req: AccessRequest) -> Reply:
+        """On the app host. Without a valid app session: log in first, then come back here.
+        With one: GET shows a confirmation page (with the fingerprint the CLI printed); the
+        POST (a SameSite=Lax cookie is not sent on a cross-site POST, so another site cannot
+        submit it for the user) encrypts the app token to the CLI's key for the transfer
+        endpoint."""
+        assert self.store is not None
+        fields = req.form() if req.method == "POST" else req.query()
+        try:
+            key = parse_public_key(fields.get("key", ""))
+            path = normalize_path(fields.get("path", "/") or "/")
+        except (TransferError, HTTPRequestError):
+            return Reply.page(400, "Bad request", "<p>This command-line login link is invalid.</p>")
+        app = self.snapshot.apps.find(req.host, path)
+        if app is None:
+            return Reply.page(404, "Not found", "<p>No application here.</p>")
+        token = req.cookie(COOKIE)
+        claims = None
+        verifier = self.snapshot.verifier
+        if token and verifier is not None:
+            try:
+                claims = verifier.verify(token, audience=app.aud, now=self.clock())
+            except TokenError:
+                claims = None
+        identity = self.snapshot.identity(claims, self.clock()) if claims else None
+        if claims is None or identity is None or self.snapshot.revoked(claims):
+            if req.method == "POST":
+                return Reply.page(403, "Access denied", "<p>Log in first.</p>")
+            back = f"{PREFIX}cli?" + urlencode({"key": fields["key"], "path": path})
+            return Reply.redirect(self._login_url(req, app, back))
+        decision = evaluate(app.policies, identity, RequestFacts(_ip(req.ip)))
+        if not decision.allowed:
+            return self._denied(req, app)
+        code = fingerprint(key)
+        if req.method != "POST":
+            return Reply.page(
+                200,
+                "Authorize the command line",
+                f"<p>A command-line client asks for access to {html.escape(app.name)} as "
+                f"{html.escape(identity.email or claims.common_name)}. Allow it only if your "
+                f"terminal shows the code <strong>{code}</strong>.</p>"
+                f'<form method="post" action="{PREFIX}cli">'
+                f'<input type="hidden" name="key" value="{html.escape(fields["key"])}">'
+                f'<input type="hidden" name="path" value="{html.escape(path)}">'
+                '<button type="submit">Allow</button></form>',
+            )
+        tid = transfer_id(key)
+        await self.store.delete_pending(tid)
+        await self.store.put_pending(
+            "transfer",
+            {"box": seal(key, token.encode()), "host": req.host},
+            ttl=TRANSFER_TTL,
+            now=self.clock(),
+            pending_id=tid,
+        )
+        self._audit(app, "cli-token", decision, req, identity.email)
+        return Reply.page(
+            200,
+            "Logged in",
+            f"<p>The command line has its token for {html.escape(app.name)}; you can close this "
+            "window.</p>",
+        )
+
+    async def _transfer(self, tid: str) -> Reply:
+        """Polled by the CLI: the sealed token once (then gone), 404 until then."""
+        assert self.store is not None
+        if len(tid) != 64 or any(c not in "0123456789abcdef" for c in tid):
+            return Reply.json(400, {"error": "bad transfer id"})
+        pending = await self.store.take_pending("transfer", tid, now=self.clock())
+        if pending is None:
+            return Reply.json(404, {"status": "pending"})
+        return Reply.json(200, pending.data["box"])
+
+    # -- generic OIDC -------------------------------------------------------------------------
+
+    def _oidc_provider(self, idp_id: str) -> OIDCProvider | None:
+        idp = self.snapshot.idps.get(idp_id)
+        if idp is None or idp.type != "oidc":
+            return None
+        try:
+            return OIDCProvider(idp.id, idp.config, self.oidc_cache)
+        except OIDCError:
+            return None
+
+    async def _oidc_start(self, req: AccessRequest, idp_id: str) -> Reply:
+        """Team domain: remember the login (state, nonce, PKCE verifier, where to return) and
+        send the browser to the IdP. A cookie named after the state binds the callback to this
+        browser, so a callback URL planted in someone else's browser logs nobody in."""
+        assert self.store is not None
+        flow = self._flow(req, req.query())
+        if isinstance(flow, Reply):
+            return flow
+        app, host, redirect, origin = flow
+        provider = self._oidc_provider(idp_id)
+        if provider is None or self.snapshot.idps[idp_id] not in self._idps_for(app):
+            return Reply.page(400, "Bad login request", "<p>Unknown identity provider.</p>")
+        state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(32)
+        binding = secrets.token_urlsafe(32)
+        pkce = PKCE.new()
+        redirect_uri = f"{self._team_origin(req)}{PREFIX}callback"
+        try:
+            url = await provider.authorization_url(
+                redirect_uri=redirect_uri, state=state, nonce=nonce, pkce=pkce
+            )
+        except OIDCError as exc:
+            log.warning("access: OIDC provider %s: %s", provider.issuer, exc)
+            return Reply.page(
+                502, "Login unavailable", "<p>The identity provider cannot be reached.</p>"
+            )
+        await self.store.put_pending(
+            "oidc",
+            {
+                "idp": idp_id,
+                "nonce": nonce,
+                "verifier": pkce.verifier,
+                "binding": hashlib.sha256(binding.encode()).hexdigest(),
+                "redirect_uri": redirect_uri,
+                "kid": app.aud,
+                "host": host,
+                "redirect_url": redirect,
+                "origin": origin,
+            },
+            ttl=OIDC_TTL,
+            now=self.clock(),
+            pending_id=state,
+        )
+        cookie = (
+            f"{_state_cookie(state)}={binding}; Path={PREFIX}callback; Max-Age={int(OIDC_TTL)}; "
+            "HttpOnly; Secure; SameSite=Lax"
+        )
+        return Reply.redirect(url, [("Set-Cookie", cookie)])
+
+    async def _oidc_callback(self, req: AccessRequest) -> Reply:
+        assert self.store is not None
+        q = req.query()
+        state = q.get("state", "")
+        failed = Reply.page(
+            400,
+            "Login failed",
+            "<p>This login is invalid, expired or was used already; open the application again.</p>",
+        )
+        if not state or len(state) > 64:
+            return failed
+        pending = await self.store.take_pending("oidc", state, now=self.clock())
+        if pending is None:
+            return failed
+        data = pending.data
+        clear = (
+            "Set-Cookie",
+            f"{_state_cookie(state)}=; Path={PREFIX}callback; Max-Age=0; HttpOnly; Secure; "
+            "SameSite=Lax",
+        )
+        binding = req.cookie(_state_cookie(state))
+        if not binding or not hmac.compare_digest(
+            hashlib.sha256(binding.encode()).hexdigest(), str(data.get("binding", ""))
+        ):
+            return Reply.page(
+                400,
+                "Login failed",
+                "<p>This login was started in another browser; start again here.</p>",
+                [clear],
+            )
+        if "error" in q:
+            return Reply.page(
+                403,
+                "Login refused",
+                f"<p>The identity provider refused the login: {html.escape(q['error'][:100])}.</p>",
+                [clear],
+            )
+        app = self.snapshot.by_aud.get(str(data.get("kid", "")))
+        provider = self._oidc_provider(str(data.get("idp", "")))
+        if app is None or provider is None or not q.get("code"):
+            return Reply.page(failed.status, "Login failed", "<p>Start again.</p>", [clear])
+        try:
+            who = await provider.exchange(
+                code=q["code"],
+                redirect_uri=str(data["redirect_uri"]),
+                verifier=str(data["verifier"]),
+                nonce=str(data["nonce"]),
+            )
+        except OIDCError as exc:
+            log.warning("access: OIDC login with %s refused: %s", provider.issuer, exc)
+            audit.info("access login-refused idp=%s ip=%s reason=%s", provider.id, req.ip, exc)
+            return Reply.page(
+                403, "Login failed", "<p>The identity provider's answer was refused.</p>", [clear]
+            )
+        identity = Identity(
+            email=who.email, groups=who.groups, idp=provider.id, amr=who.amr, claims=who.claims
+        )
+        reply = await self._finish_login(
+            req,
+            app,
+            str(data["origin"]),
+            str(data["redirect_url"]),
+            identity,
+            uuid.uuid4().hex,
+            set_org=True,
+        )
+        reply.headers.append(clear)
+        return reply
+
     # -- one-time PIN -------------------------------------------------------------------------
 
     async def _otp_start(self, req: AccessRequest) -> Reply:
@@ -611,7 +892,7 @@ class AccessService:
         identity = Identity(email=email, idp=idp.id, amr=("email",))
         decision = evaluate(app.policies, identity, RequestFacts(_ip(req.ip)))
         code_hash = ""
-        if decision.allowed:
+        if decision.allowed and self._may_mail(email, now):
             code = f"{secrets.randbelow(10**6):06d}"
             code_hash = _hash_code(attempt, code)
             task = asyncio.get_running_loop().create_task(
@@ -644,6 +925,23 @@ class AccessService:
             '<label>Code <input name="code" inputmode="numeric" autocomplete="one-time-code" required></label>'
             '<button type="submit">Log in</button></form>',
         )
+
+    def _may_mail(self, email: str, now: float) -> bool:
+        """At most OTP_SENDS_PER_ADDRESS codes per address per 10 minutes: the login form must
+        not be a way to flood someone's mailbox. Over the limit the answer page is the same
+        (no enumeration) and no mail goes out."""
+        sends = self._otp_sends
+        if len(sends) > 10000:
+            for addr in [a for a, ts in sends.items() if ts[-1] <= now - OTP_TTL]:
+                del sends[addr]
+        recent = [t for t in sends.get(email, ()) if t > now - OTP_TTL]
+        if len(recent) >= OTP_SENDS_PER_ADDRESS:
+            sends[email] = recent
+            audit.info("access otp-rate-limited who=%s", email)
+            return False
+        recent.append(now)
+        sends[email] = recent
+        return True
 
     async def mail_sent(self) -> None:
         """Wait for the codes being mailed (tests, shutdown)."""
@@ -687,6 +985,10 @@ class AccessService:
             uuid.uuid4().hex,
             set_org=True,
         )
+
+
+def _state_cookie(state: str) -> str:
+    return OIDC_STATE_COOKIE + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def _locked() -> Reply:

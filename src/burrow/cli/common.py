@@ -40,11 +40,39 @@ def split_list(values: list[str] | None) -> list[str]:
     return out
 
 
+def tune_gc() -> None:
+    """For long-running commands, once start-up is done: move everything allocated so far
+    (modules, configuration) out of the collector's view with `gc.freeze`, and collect the
+    youngest generation every 20,000 container allocations instead of 700. The proxy's
+    per-request objects are acyclic and freed by reference counting; with the default
+    threshold the cyclic collector ran every few requests (~6 % of the connector's CPU)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give the heap freed during start-up (migrations, module compilation) back to the OS:
+    glibc keeps it otherwise, and it shows as idle RSS."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 async def serve_until_signal(
     stop: Callable[[], Awaitable[None]], main: Awaitable[Any] | None = None
 ) -> None:
     """Wait for SIGINT/SIGTERM (or `main` to finish), then run `stop` for a graceful shutdown.
     A second signal exits at once."""
+    tune_gc()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0

@@ -78,20 +78,42 @@ def _out(as_json: bool, value: Any, text: str) -> None:
 @app_cmd.command("create")
 def app_create(
     name: str = typer.Argument(...),
-    domain: str = typer.Option(..., "--domain", help="host[/path], e.g. app.example.com/admin/*"),
+    domain: str = typer.Option(..., "--domain", help="host\\[/path], e.g. app.example.com/admin/*"),
     session_duration: float = typer.Option(24 * 3600.0, "--session-duration", help="Seconds."),
     idp: list[str] = typer.Option(
         None, "--idp", help="Allowed identity provider (name or id; default all)."
+    ),
+    cors: str = typer.Option(
+        None,
+        "--cors",
+        help="CORS settings as a JSON object: allowed_origins, allowed_methods, allowed_headers "
+        "(lists), allow_all_origins, allow_all_methods, allow_all_headers, allow_credentials, "
+        "options_preflight_bypass (booleans), max_age (seconds).",
     ),
     state_dir: Path = _STATE,
     store_url: str = _STORE,
     as_json: bool = _JSON,
 ) -> None:
     """Protect a hostname (and optional path) with Access."""
+    cors_settings = None
+    if cors:
+        try:
+            cors_settings = json.loads(cors)
+        except ValueError:
+            cors_settings = None
+        if not isinstance(cors_settings, dict):
+            typer.echo("error: --cors must be a JSON object", err=True)
+            raise typer.Exit(2)
 
     async def go(st: AccessStore) -> None:
         idps = [(await st.find_idp(i)).id for i in idp or []]
-        a = await st.create_app(name, domain, session_duration=session_duration, allowed_idps=idps)
+        a = await st.create_app(
+            name,
+            domain,
+            session_duration=session_duration,
+            allowed_idps=idps,
+            cors=cors_settings,
+        )
         _out(
             as_json,
             {"id": a.id, "name": a.name, "domain": a.domain, "aud": a.aud},
@@ -307,7 +329,7 @@ def idp_create(
     setting: list[str] = typer.Option(
         None,
         "--set",
-        help="KEY=VALUE: smtp_host, smtp_port, smtp_from, smtp_username, smtp_password, smtp_starttls; issuer, client_id, client_secret, email_claim, groups_claim.",
+        help="KEY=VALUE: smtp_host, smtp_port, smtp_from, smtp_username, smtp_password, smtp_starttls; issuer, client_id, client_secret, scopes, email_claim, groups_claim, claims (comma-separated), ca_file, token_auth.",
     ),
     state_dir: Path = _STATE,
     store_url: str = _STORE,

@@ -30,7 +30,7 @@ _GROUP_MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("demo",),
     "edge": ("edge", "edge_ingress", "operator", "edge_access"),
     "tunnel": ("ingress", "tunnel", "manage"),
-    "access": ("access",),
+    "access": ("access", "access_login"),
 }
 _ALL_MODULES = (
     "demo",
@@ -39,6 +39,7 @@ _ALL_MODULES = (
     "ingress",
     "tunnel",
     "access",
+    "access_login",
     "manage",
     "operator",
     "edge_access",

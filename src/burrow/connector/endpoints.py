@@ -11,8 +11,7 @@ Nothing here touches the data path: every value is read when the endpoint is req
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -43,18 +42,7 @@ async def start_endpoints(
         return web.Response(text="OK\n")
 
     async def config(request: web.Request) -> web.Response:
-        version: Any = getattr(connector, "config_version", None)
-        conf: Any = getattr(connector, "current_config", None)
-        if version is None:
-            version = -1 if connector.config.local_config is not None else 0
-        if conf is None:
-            conf = dict(connector.config.local_config or {})
-            conf.setdefault("ingress", [_rule_json(r) for r in connector.dispatcher.ingress.rules])
-            conf.setdefault("warp-routing", {"enabled": False})
-        return web.Response(
-            text=json.dumps({"version": version, "config": conf}),
-            content_type="application/json",
-        )
+        return web.json_response(connector.orchestrator.config_document())
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
@@ -68,12 +56,3 @@ async def start_endpoints(
     await site.start()
     bound = runner.addresses[0]
     return runner, (str(bound[0]), int(bound[1]))
-
-
-def _rule_json(rule: Any) -> dict[str, str]:
-    out = {"service": str(rule.service)}
-    if rule.hostname:
-        out["hostname"] = rule.hostname
-    if rule.path is not None:
-        out["path"] = rule.path.pattern
-    return out

@@ -13,7 +13,9 @@ import logging
 import ssl
 from typing import Any
 
+from burrow.connector.access_check import AccessChecker
 from burrow.connector.session import ConnectorSession
+from burrow.errors import LocalProtocolError
 from burrow.ingress.config import OriginRequest
 from burrow.ingress.rules import (
     BastionService,
@@ -57,9 +59,12 @@ class Dispatcher:
         self.stats = ProxyStats()
         self._pools: dict[Any, OriginPool | H2OriginPool] = {}
         self._ssl: dict[Any, ssl.SSLContext] = {}
+        self.access = AccessChecker()  # originRequest.access (keys fetched on first use)
+        self._per_rule: dict[int, tuple[Rule, RelayOptions, dict[bool, Any]]] = {}
 
     def replace_ingress(self, ingress: Ingress) -> None:
         self.ingress = ingress
+        self._per_rule.clear()
 
     def __call__(
         self,
@@ -82,6 +87,27 @@ class Dispatcher:
         host_s = host.decode("latin-1")
         path_s = path.decode("latin-1").split("?", 1)[0]
         _, rule = self.ingress.match(host_s, path_s)
+        access = rule.origin_request.access
+        if access.required and not self.access.gate(
+            access,
+            stream,
+            headers,
+            self._forbidden,
+            lambda: self._dispatch(stream, headers, end_stream, kind, host_s, path_s, rule),
+        ):
+            return
+        self._dispatch(stream, headers, end_stream, kind, host_s, path_s, rule)
+
+    def _dispatch(
+        self,
+        stream: H2Stream,
+        headers: Headers,
+        end_stream: bool,
+        kind: StreamType,
+        host_s: str,
+        path_s: str,
+        rule: Rule,
+    ) -> None:
         service = rule.service
         if kind is StreamType.TCP or (
             kind is StreamType.WEBSOCKET and isinstance(service, (StreamService, BastionService))
@@ -104,29 +130,67 @@ class Dispatcher:
                 self._status(stream, service.code)
                 return
             websocket = kind is StreamType.WEBSOCKET
-            pool = self._pool_for(rule, host_s, h2=not websocket)
+            # Per rule (an immutable value, replaced on reload): the relay options and, when
+            # the pool does not depend on the request's host (no TLS server name), the pool.
+            cached = self._per_rule.get(id(rule))
+            if cached is None or cached[0] is not rule:
+                cached = (rule, self._relay_options(rule), {})
+                if len(self._per_rule) > 4096:
+                    self._per_rule.clear()
+                self._per_rule[id(rule)] = cached
+            pools = cached[2]
+            pool = pools.get(websocket)
             if pool is None:
-                log.error("no origin for %s%s: service %s is not supported yet", host_s, path_s, service)
+                pool = self._pool_for(rule, host_s, h2=not websocket)
+                if pool is not None and not _needs_server_name(service):
+                    pools[websocket] = pool
+            if pool is None:
+                log.error(
+                    "no origin for %s%s: service %s is not supported yet", host_s, path_s, service
+                )
                 self._error(stream, 502, f"service {service} is not supported for HTTP requests")
                 return
-            options = RelayOptions(
-                http_host_header=rule.origin_request.http_host_header,
-                disable_chunked_encoding=rule.origin_request.disable_chunked_encoding,
-                connector_id=self.connector_id,
-                stats=self.stats,
-            )
-            if isinstance(pool, H2OriginPool):
-                H2Relay(stream, headers, end_stream, pool, options)
-                return
-            HTTPRelay(stream, headers, end_stream, pool, options, websocket=websocket)
+            options = cached[1]
+            try:
+                if isinstance(pool, H2OriginPool):
+                    H2Relay(stream, headers, end_stream, pool, options)
+                    return
+                HTTPRelay(stream, headers, end_stream, pool, options, websocket=websocket)
+            except LocalProtocolError as exc:
+                # A request the tunnel carried but HTTP/1.1 cannot express (CR/LF in a field,
+                # a space in the method or target): refuse the stream, keep the connection.
+                self._error(stream, 400, f"invalid request: {exc}")
             return
         self._error(stream, 502, f"stream type {kind.value} is not supported by this connector")
+
+    def _relay_options(self, rule: Rule) -> RelayOptions:
+        return RelayOptions(
+            http_host_header=rule.origin_request.http_host_header,
+            disable_chunked_encoding=rule.origin_request.disable_chunked_encoding,
+            connector_id=self.connector_id,
+            stats=self.stats,
+        )
 
     # --- simple answers ---------------------------------------------------------------------
 
     def _status(self, stream: H2Stream, code: int) -> None:
         self.stats.response(code)
-        stream.send_headers(origin_response_headers(code, [(b"Content-Length", b"0")]), end_stream=True)
+        stream.send_headers(
+            origin_response_headers(code, [(b"Content-Length", b"0")]), end_stream=True
+        )
+
+    def _forbidden(self, stream: H2Stream) -> None:
+        """originRequest.access refused the request (no or bad Cf-Access-Jwt-Assertion)."""
+        self.stats.response(403)
+        body = b"Forbidden: a valid Cf-Access-Jwt-Assertion is required\n"
+        stream.send_headers(
+            origin_response_headers(
+                403,
+                [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(body)).encode())],
+            )
+        )
+        stream.write(body)
+        stream.end()
 
     def _error(self, stream: H2Stream, status: int, message: str) -> None:
         self.stats.error()
@@ -197,6 +261,15 @@ class Dispatcher:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _needs_server_name(service: object) -> bool:
+    """Whether `_pool_for` keys the pool on the request's host (TLS toward the origin)."""
+    if isinstance(service, HTTPService):
+        return service.scheme in ("https", "wss")
+    if isinstance(service, UnixService):
+        return service.tls
+    return False
 
 
 def _server_name(service: object, opts: OriginRequest, request_host: str) -> str:

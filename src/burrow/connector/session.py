@@ -139,7 +139,7 @@ class ConnectorSession(H2Endpoint):
         local_config: bytes | None = None,
         apply_remote_config: Callable[[bytes], tuple[int, str | None]] | None = None,
     ) -> None:
-        super().__init__(client_side=False)
+        super().__init__(client_side=False, validate_inbound_headers=False)
         self.request = request
         self.dispatch = dispatch
         self.local_config = local_config

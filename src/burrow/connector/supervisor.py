@@ -22,7 +22,7 @@ from burrow.connector.credentials import TunnelCredentials
 from burrow.connector.orchestrator import Orchestrator
 from burrow.connector.proxy import Dispatcher
 from burrow.connector.session import ConnectorSession
-from burrow.errors import ConfigError, RegistrationError
+from burrow.errors import BurrowError, ConfigError, RegistrationError
 from burrow.ingress.rules import HelloWorldService, Ingress
 from burrow.net.backoff import Backoff
 from burrow.net.listen import parse_hostport
@@ -123,7 +123,7 @@ class Connector(ConnectorView):
         self._ever_ready = False
         self._first_registered = asyncio.Event()
         self._stopping = False
-        self._fatal: RegistrationError | None = None
+        self._fatal: BurrowError | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._hello: web.AppRunner | None = None
         self._done = asyncio.Event()
@@ -324,8 +324,8 @@ class Connector(ConnectorView):
             attempts += 1
             if not self._ever_ready and index == 0 and attempts > self.config.retries:
                 log.error("could not connect to the edge after %d attempt(s); giving up", attempts)
-                self._fatal = RegistrationError(
-                    f"no edge connection after {attempts} attempt(s)", retryable=True
+                self._fatal = BurrowError(
+                    f"could not connect to the edge after {attempts} attempt(s) (--retries)"
                 )
                 self._done.set()
                 return

@@ -39,7 +39,9 @@ class AcmeManager:
         hostnames: Callable[[], Iterable[str]],
         renew_before: dt.timedelta = dt.timedelta(days=30),
         interval: float = 300.0,
+        prefer: tuple[str, ...] = ("http-01", "tls-alpn-01"),
     ) -> None:
+        self.prefer = prefer
         self.store = store
         self.box = box
         self.certs = certs
@@ -109,9 +111,7 @@ class AcmeManager:
     async def _order(self, name: str, *, renewal: bool) -> None:
         log.info("%s certificate for %s over ACME", "renewing" if renewal else "ordering", name)
         try:
-            issued = await asyncio.to_thread(
-                self.issuer.obtain, [name], self.challenges.__setitem__, self._withdraw
-            )
+            issued = await asyncio.to_thread(self.issuer.obtain, [name], self, prefer=self.prefer)
         except BurrowError as exc:
             loop = asyncio.get_running_loop()
             last = self._retry_at.get(name, (0.0, 5.0))[1]
@@ -127,8 +127,19 @@ class AcmeManager:
         self.issued += 1
         log.info("certificate for %s installed, valid until %s", name, issued.not_after)
 
-    def _withdraw(self, token: str) -> None:
+    # --- ChallengeResponder (called from the ACME worker thread; dict updates are atomic) ---
+
+    def publish_http01(self, token: str, key_authorization: str) -> None:
+        self.challenges[token] = key_authorization
+
+    def withdraw_http01(self, token: str) -> None:
         self.challenges.pop(token, None)
+
+    def publish_tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None:
+        self.certs.set_alpn_challenge(domain, cert_pem, key_pem)
+
+    def withdraw_tls_alpn01(self, domain: str) -> None:
+        self.certs.clear_alpn_challenge(domain)
 
     def _install(self, cert: StoredCertificate) -> None:
         self.certs.install([cert.hostname], cert.cert_pem, cert.key_pem)

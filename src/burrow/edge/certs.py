@@ -32,12 +32,14 @@ ALPN = ["h2", "http/1.1"]
 MAX_DEV_CERTS = 1024
 
 
-def make_context(cert_pem: bytes | Path, key_pem: bytes | Path) -> ssl.SSLContext:
+def make_context(
+    cert_pem: bytes | Path, key_pem: bytes | Path, alpn: list[str] = ALPN
+) -> ssl.SSLContext:
     """A TLS 1.2+ server context for eyeballs, with ALPN h2/http1.1."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(alpn)
     if isinstance(cert_pem, Path) and isinstance(key_pem, Path):
         ctx.load_cert_chain(str(cert_pem), str(key_pem))
         return ctx
@@ -83,6 +85,7 @@ class CertStore:
         self._from_files: dict[str, ssl.SSLContext] = {}
         self._installed: dict[str, ssl.SSLContext] = {}
         self._dev: collections.OrderedDict[str, ssl.SSLContext] = collections.OrderedDict()
+        self._alpn_challenges: dict[str, ssl.SSLContext] = {}  # tls-alpn-01 in progress
         self.dev_issued = 0
         cert, key = pki.issue_server_cert(default_names or ["localhost"])
         self.default = make_context(cert, key)
@@ -143,6 +146,14 @@ class CertStore:
             self._installed[name.lower().rstrip(".")] = ctx
             self._dev.pop(name, None)
 
+    def set_alpn_challenge(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """RFC 8737: while validating `name`, handshakes for it present the challenge
+        certificate and negotiate only `acme-tls/1`."""
+        self._alpn_challenges[name] = make_context(cert_pem, key_pem, ["acme-tls/1"])
+
+    def clear_alpn_challenge(self, name: str) -> None:
+        self._alpn_challenges.pop(name, None)
+
     def has_operator_cert(self, name: str) -> bool:
         """An operator-provided file covers `name` (ACME then leaves it alone)."""
         return self._match(self._from_files, name) is not None
@@ -159,6 +170,10 @@ class CertStore:
         return ctx
 
     def context_for(self, name: str) -> ssl.SSLContext | None:
+        if self._alpn_challenges:
+            challenge = self._alpn_challenges.get(name)
+            if challenge is not None:
+                return challenge
         ctx = self._match(self._from_files, name) or self._match(self._installed, name)
         if ctx is not None:
             return ctx

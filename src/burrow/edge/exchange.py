@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from burrow.errors import RemoteProtocolError
+from burrow.errors import LocalProtocolError, RemoteProtocolError
 from burrow.net.h2conn import H2Stream, Headers
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import UPGRADE_HEADER, is_internal_header, parse_response
@@ -87,6 +87,7 @@ class Exchange:
         "_chunked",
         "_close_after",
         "_counted",
+        "_head",
         "_status",
         "_t0",
         "_ttfb",
@@ -122,6 +123,7 @@ class Exchange:
         self.response_started = False
         self.response_done = False
         self._chunked = False
+        self._head: bytes | None = None  # response head held until the body (one write)
         self._close_after = not head.keep_alive
         self._unacked = 0
         self._counted = True
@@ -182,6 +184,9 @@ class Exchange:
         except RemoteProtocolError as exc:
             log.warning("bad response headers from connector: %s", exc)
             stream.reset()
+            self.response_done = True
+            self._status = 502
+            self._finish_accounting()  # reset() reports nothing back: count the stream out
             self.eyeball.exchange_failed(self, 502, str(exc))
             return
         if 100 <= status < 200 and status != 101:
@@ -244,16 +249,48 @@ class Exchange:
             out.append((b"Connection", b"close"))
         elif self.head.version == b"1.0":
             out.append((b"Connection", b"keep-alive"))
-        self.eyeball.write(http1.serialize_response_head(status, None, out))
+        try:
+            response_head = http1.serialize_response_head(status, None, out)
+        except LocalProtocolError as exc:  # CR/LF smuggled into a field by the connector
+            log.warning("bad response headers from connector: %s", exc)
+            self.response_started = False
+            stream.reset()
+            self.response_done = True
+            self._status = 502
+            self._finish_accounting()
+            self.eyeball.exchange_failed(self, 502, "invalid response headers from the origin")
+            return
         if end_stream:
+            self.eyeball.write(response_head)
             self._response_end()
+        else:
+            # Usually the body is in the same read from the tunnel: write both with one
+            # syscall; the tunnel connection flushes a head still held after the read.
+            self._head = response_head
+            self.conn.defer(self)
+
+    def flush_deferred(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self.eyeball.write(head)
+
+    def _write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) <= 65536:
+                data = head + data
+            else:
+                self.eyeball.write(head)
+        self.eyeball.write(data)
 
     def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
         if data:
             if self._chunked:
-                self.eyeball.write(http1.encode_chunk(data))
+                self._write(http1.encode_chunk(data))
             else:
-                self.eyeball.write(data)
+                self._write(data)
             if self.eyeball.write_paused:
                 self._unacked += len(data)
             else:
@@ -299,9 +336,11 @@ class Exchange:
         if self._chunked:
             if trailers:
                 lines = b"".join(n + b": " + v + b"\r\n" for n, v in trailers)
-                self.eyeball.write(b"0\r\n" + lines + b"\r\n")
+                self._write(b"0\r\n" + lines + b"\r\n")
             else:
-                self.eyeball.write(http1.LAST_CHUNK)
+                self._write(http1.LAST_CHUNK)
+        elif self._head is not None:
+            self.flush_deferred()
         if self.websocket and self.stream is not None and not self.stream.local_ended:
             # No half-close in the tunnel: the origin ended, so the whole flow ends.
             self.stream.end()

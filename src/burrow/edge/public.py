@@ -71,6 +71,7 @@ class EyeballProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._conn_counted = False
         self._body_left = -1  # request body bytes still allowed (-1: no limit)
+        self._head_timed = True  # the header deadline runs for the head being received
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -98,6 +99,11 @@ class EyeballProtocol(asyncio.Protocol):
             return
         if self.closing:
             return
+        if not self._head_timed and self.current is None:
+            # First bytes of the next keep-alive request: its head gets the header deadline
+            # (armed once, so trickling bytes cannot extend it).
+            self._head_timed = True
+            self._arm_timer(self.ctx.gate.settings.header_timeout)
         try:
             events = self.parser.feed(data)
         except HTTPRequestError as exc:
@@ -169,6 +175,7 @@ class EyeballProtocol(asyncio.Protocol):
 
     def _start(self, head: http1.RequestHead) -> None:
         self._cancel_timer()
+        self._head_timed = False
         ctx = self.ctx
         target = head.target
         host_b = head.host

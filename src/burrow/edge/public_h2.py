@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 
 import h2.errors
@@ -55,6 +56,9 @@ class H2Exchange:
     __slots__ = (
         "_counted",
         "_eyeball_withheld",
+        "_status",
+        "_t0",
+        "_ttfb",
         "_tunnel_withheld",
         "body_left",
         "conn",
@@ -83,6 +87,9 @@ class H2Exchange:
         self.eyeball: H2Stream | None = None
         self.tunnel: H2Stream | None = None
         self._counted = True
+        self._t0 = time.monotonic()
+        self._status = 0
+        self._ttfb: float | None = None
         self._eyeball_withheld = 0  # eyeball DATA bytes whose credit waits for the tunnel
         self._tunnel_withheld = 0  # tunnel DATA bytes whose credit waits for the eyeball
         conn.in_flight += 1
@@ -90,8 +97,18 @@ class H2Exchange:
     def _finish(self) -> None:
         if self._counted:
             self._counted = False
-            self.conn.in_flight -= 1
+            self.conn.stream_finished()
             self.owner.stream_done(self)
+            stats = self.owner.ctx.stats
+            if stats is not None:
+                # 499 (nginx's "client closed request") when the eyeball left before a response.
+                stats.request(
+                    self.conn.tunnel_id,
+                    self.host,
+                    self._status or 499,
+                    self._ttfb,
+                    time.monotonic() - self._t0,
+                )
 
     # --- StreamHandler -------------------------------------------------------------------
 
@@ -109,6 +126,8 @@ class H2Exchange:
         if status < 200:
             return  # informational: not relayed
         self.response_started = True
+        self._status = status
+        self._ttfb = time.monotonic() - self._t0
         if eyeball is None or eyeball.closed:
             stream.reset()
             self._finish()
@@ -201,12 +220,14 @@ class H2Exchange:
     # --- edge-generated answers -----------------------------------------------------------
 
     def _fail(self, status: int, detail: str | None) -> None:
+        self._status = status
         error = pages.TUNNEL_LOST if status == 502 else pages.EdgeError(status, status, "Error", "")
         if self.eyeball is not None and not self.eyeball.closed:
             self.owner.answer(self.eyeball, Refusal(error, detail=detail), self.host, self.ray)
         self._finish()
 
     def _refuse_body(self) -> None:
+        self._status = 413
         if self.response_started:
             if self.eyeball is not None:
                 self.eyeball.reset(h2.errors.ErrorCodes.CANCEL)
@@ -343,7 +364,9 @@ class H2EyeballConnection(H2Endpoint):
             self.answer(stream, refusal, host, ray)
             return
         if ctx.access is not None:
-            path = ctx.access.h2(self, stream, method, path, host, authority or host_b, regular, end_stream)
+            path = ctx.access.h2(
+                self, stream, method, path, host, authority or host_b, regular, end_stream
+            )
             if path is None:
                 return  # answered by Access (login redirect, 401/403, /cdn-cgi/access/*)
         tunnel_id = ctx.lookup(host)
@@ -421,6 +444,9 @@ class AlpnDispatch(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
         proto: asyncio.Protocol
+        if alpn == "acme-tls/1":
+            transport.close()  # a tls-alpn-01 validation: the handshake was all it needed
+            return
         if alpn == "h2":
             proto = H2EyeballConnection(self.ctx)
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from burrow.access.metrics import AccessCollector
 from burrow.access.service import AccessService
 from burrow.edge import access_gate
 from burrow.edge.acme_manager import AcmeManager
@@ -77,6 +78,7 @@ class EdgeConfig:
     acme_ca_bundle: Path | None = None  # CA file to trust for the ACME server's own HTTPS
     acme_renew_before: float = 30 * 86400.0  # seconds before expiry to renew
     acme_interval: float = 300.0  # seconds between certificate maintenance rounds
+    acme_challenges: tuple[str, ...] = ("http-01", "tls-alpn-01")  # in order of preference
     access_team_domain: str = ""  # hosts the Access login pages (e.g. auth.example.com)
 
 
@@ -87,6 +89,7 @@ class EdgeServer(EdgeView):
         self.remote_configs = RemoteConfigs()
         self.stats = EdgeStats()
         self.metrics = edge_registry(self)
+        self.metrics.register(AccessCollector(lambda: self.access))
         self.snapshot = RoutingSnapshot(routes={}, wildcards={}, tunnels={})
         self.store: SQLStore | None = None
         self.pki: EdgePKI | None = None
@@ -170,7 +173,8 @@ class EdgeServer(EdgeView):
         while loop.time() < deadline and any(c.in_flight for c in self.connections):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            conn.close()
+            # Past the grace period: abort, so no TLS close_notify exchange keeps it alive.
+            conn.abort()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         for server in self._servers:
@@ -227,6 +231,7 @@ class EdgeServer(EdgeView):
             hostnames=lambda: self.snapshot.routes.keys(),
             renew_before=dt.timedelta(seconds=cfg.acme_renew_before),
             interval=cfg.acme_interval,
+            prefer=cfg.acme_challenges,
         )
         self.public.acme_challenges = self.acme.challenges
         self.acme.start()
@@ -282,6 +287,7 @@ class EdgeServer(EdgeView):
             on_gone=self._gone,
             location=self.config.location,
             peer=ip,
+            on_closed=self.connections.discard,
         )
         self.connections.add(conn)
         return conn
@@ -310,15 +316,6 @@ class EdgeServer(EdgeView):
         self.registry.remove(conn)
         if self.journal is not None and conn.registered:
             self.journal.closed(conn.connection_id)
-        if conn.closed:
-            self.connections.discard(conn)
-        else:
-            asyncio.get_running_loop().create_task(self._reap(conn))
-
-    async def _reap(self, conn: EdgeTunnelConnection) -> None:
-        while not conn.closed:
-            await asyncio.sleep(1.0)
-        self.connections.discard(conn)
 
     async def _authenticate(
         self, conn: EdgeTunnelConnection, request: RegistrationRequest

@@ -123,11 +123,13 @@ class EdgeTunnelConnection(H2Endpoint):
         on_gone: Callable[[EdgeTunnelConnection], None],
         location: str,
         peer: str,
+        on_closed: Callable[[EdgeTunnelConnection], None] | None = None,
     ) -> None:
-        super().__init__(client_side=True)
+        super().__init__(client_side=True, validate_inbound_headers=False)
         self._authenticate = authenticate
         self._on_registered = on_registered
         self._on_gone = on_gone
+        self._on_closed = on_closed
         self.location = location
         self.peer = peer
         self.connection_id = uuid.uuid4()
@@ -174,6 +176,8 @@ class EdgeTunnelConnection(H2Endpoint):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self.unregistered()
+        if self._on_closed is not None:
+            self._on_closed(self)
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.draining = True

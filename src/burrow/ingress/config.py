@@ -118,6 +118,7 @@ class AccessConfig:
     team_name: str = ""
     aud_tag: tuple[str, ...] = ()
     environment: str = ""
+    certs_url: str = ""  # burrow: where the team's keys are (its team domain is its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +445,8 @@ class _Decoder:
             elif key in ("teamName", "environment"):
                 name = "team_name" if key == "teamName" else "environment"
                 values[name] = self.scalar(value, "string") or ""
+            elif key == "certsUrl":
+                values["certs_url"] = self.scalar(value, "string") or ""
             elif key == "audTag":
                 items = self.seq(value, "[]string") or []
                 values["aud_tag"] = tuple(str(self.scalar(i, "string") or "") for i in items)

@@ -377,5 +377,5 @@ def render(registry: CollectorRegistry) -> bytes:
                     )
                     + "}"
                 )
-            out.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")
+            out.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")  # type: ignore[no-untyped-call]
     return "".join(out).encode()

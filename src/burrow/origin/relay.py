@@ -68,7 +68,12 @@ class HTTPRelay:
         self._reused = False
         self.method, self.head = self._build_head(headers, end_stream, options)
         stream.handler = self
-        asyncio.get_running_loop().create_task(self._connect())
+        origin = pool.take_idle()
+        if origin is not None:
+            self._reused = True
+            self._attach(origin)
+        else:
+            asyncio.get_running_loop().create_task(self._connect())
 
     def _build_head(
         self, headers: Headers, end_stream: bool, options: RelayOptions
@@ -76,27 +81,31 @@ class HTTPRelay:
         method = b"GET"
         path = b"/"
         authority = b""
-        out: Headers = []
+        out: Headers = [(b"Host", b"")]  # Host first; its value is set below
+        append = out.append
         has_length = False
-        for name, value in headers:
-            if name[:1] == b":":
+        skip = _SKIP_REQUEST
+        for header in headers:
+            name = header[0]
+            first = name[:1]
+            if first == b":":
                 if name == b":method":
-                    method = value
+                    method = header[1]
                 elif name == b":path":
-                    path = value
+                    path = header[1]
                 elif name == b":authority":
-                    authority = value
+                    authority = header[1]
                 continue
-            if name in _SKIP_REQUEST or is_internal_header(name):
+            if name in skip or (first == b"c" and is_internal_header(name)):
                 continue
             if name == b"content-length":
                 has_length = True
-            out.append((name, value))
+            append(header)
         host = authority
         if options.http_host_header:
             host = options.http_host_header.encode()
-            out.append((b"x-forwarded-host", authority))
-        out.insert(0, (b"Host", host))
+            append((b"x-forwarded-host", authority))
+        out[0] = (b"Host", host)
         if options.connector_id:
             out.append((WARP_TAG, options.connector_id))
         if self.websocket:
@@ -132,11 +141,17 @@ class HTTPRelay:
             self.origin.finished(reusable=not self.origin.closed)
             self.origin = None
             return
-        self.origin.start(self, self.method, self.head)
-        pending, self._pending = self._pending, []
-        self._pending_len = 0
-        for chunk in pending:
-            self._to_origin(chunk)
+        self._attach(self.origin)
+
+    def _attach(self, origin: OriginConnection) -> None:
+        """Send the request head (and any body received meanwhile) on `origin`."""
+        self.origin = origin
+        origin.start(self, self.method, self.head)
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._pending_len = 0
+            for chunk in pending:
+                self._to_origin(chunk)
         if self._request_ended and not self.websocket:
             self._end_request()
 
@@ -214,9 +229,7 @@ class HTTPRelay:
                 stream.end(trailers=[(n.lower(), v) for n, v in event.trailers])
             else:
                 stream.end()
-            self._finish(
-                reusable=self._request_ended and not self.websocket and not self._unframed
-            )
+            self._finish(reusable=self._request_ended and not self.websocket and not self._unframed)
         elif t is http1.Upgraded:
             if event.rest:
                 self.origin_raw(event.rest)

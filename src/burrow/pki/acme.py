@@ -8,11 +8,15 @@ them on its plain-HTTP listener at /.well-known/acme-challenge/<token>) and with
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import functools
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,8 +89,8 @@ class AcmeIssuer:
         return f"AcmeIssuer({self.directory_url!r})"
 
     def _connect(self) -> object:
-        from josepy.jwk import JWKRSA
         from acme import client, messages
+        from josepy.jwk import JWKRSA
 
         if self._client is not None:
             return self._client
@@ -120,12 +124,14 @@ class AcmeIssuer:
     def obtain(
         self,
         names: Sequence[str],
-        publish: Callable[[str, str], None],
-        withdraw: Callable[[str], None],
+        responder: ChallengeResponder,
         *,
+        prefer: Sequence[str] = ("http-01", "tls-alpn-01"),
         deadline_s: float = 90.0,
     ) -> Issued:
-        from acme import challenges, errors, messages
+        """Order a certificate for `names`, answering each authorization with the first
+        challenge type in `prefer` that the server offers."""
+        from acme import errors, messages
 
         if not names:
             raise ConfigError("an ACME order needs at least one name")
@@ -144,35 +150,135 @@ class AcmeIssuer:
             .sign(key, hashes.SHA256())
         )
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-        published: list[str] = []
+        cleanup: list[Callable[[], None]] = []
         try:
-            acme_client = self._connect()
-            order = acme_client.new_order(csr_pem)  # type: ignore[attr-defined]
+            acme_client: Any = self._connect()
+            account_key = acme_client.net.key
+            thumbprint = _b64(account_key.thumbprint())
+            order = acme_client.new_order(csr_pem)
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue
-                chall = next(
-                    (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
-                    None,
-                )
-                if chall is None:
+                domain = authz.body.identifier.value
+                offered = {_typ(c): c for c in authz.body.challenges}
+                kind = next((k for k in prefer if k in offered), None)
+                if kind is None:
                     raise AcmeError(
-                        f"no http-01 challenge offered for {authz.body.identifier.value}"
+                        f"none of {', '.join(prefer)} offered for {domain} "
+                        f"(offered: {', '.join(offered)})"
                     )
-                response, validation = chall.response_and_validation(
-                    acme_client.net.key  # type: ignore[attr-defined]
-                )
-                publish(chall.chall.encode("token"), validation)
-                published.append(chall.chall.encode("token"))
-                acme_client.answer_challenge(chall, response)  # type: ignore[attr-defined]
+                challb = offered[kind]
+                token = _token(challb)
+                key_authz = f"{token}.{thumbprint}"
+                if kind == "http-01":
+                    responder.publish_http01(token, key_authz)
+                    cleanup.append(functools.partial(responder.withdraw_http01, token))
+                else:
+                    cert_pem, cert_key = tls_alpn01_certificate(domain, key_authz)
+                    responder.publish_tls_alpn01(domain, cert_pem, cert_key)
+                    cleanup.append(functools.partial(responder.withdraw_tls_alpn01, domain))
+                acme_client.answer_challenge(challb, _EmptyResponse.for_type(kind))
             deadline = dt.datetime.now() + dt.timedelta(seconds=deadline_s)
-            final = acme_client.poll_and_finalize(order, deadline)  # type: ignore[attr-defined]
+            final = acme_client.poll_and_finalize(order, deadline)
         except errors.Error as exc:
             raise AcmeError(f"ACME order for {', '.join(names)} failed: {exc}") from None
         except OSError as exc:  # requests' connection errors are OSErrors
             raise AcmeError(f"ACME server {self.directory_url} unreachable: {exc}") from None
         finally:
-            for token in published:
-                withdraw(token)
+            for undo in cleanup:
+                undo()
         chain = final.fullchain_pem.encode()
         return Issued(tuple(names), chain, key_pem, not_after(chain))
+
+
+class ChallengeResponder(Protocol):
+    """Where challenge answers are published (the edge's listeners); called from a thread."""
+
+    def publish_http01(self, token: str, key_authorization: str) -> None: ...
+    def withdraw_http01(self, token: str) -> None: ...
+    def publish_tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None: ...
+    def withdraw_tls_alpn01(self, domain: str) -> None: ...
+
+
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
+ACME_TLS_ALPN = "acme-tls/1"
+
+
+def tls_alpn01_certificate(domain: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """RFC 8737: a self-signed certificate for `domain` carrying the critical
+    acmeIdentifier extension, an OCTET STRING of SHA-256(key authorization)."""
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain[:64])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _typ(challb: Any) -> str:
+    chall = challb.chall
+    typ = getattr(chall, "typ", None)
+    if isinstance(typ, str) and typ:
+        return typ
+    return str(getattr(chall, "jobj", {}).get("type", ""))
+
+
+def _token(challb: Any) -> str:
+    chall = challb.chall
+    if hasattr(chall, "encode") and hasattr(chall, "token"):
+        return str(chall.encode("token"))
+    return str(chall.jobj["token"])  # a type the acme library no longer models
+
+
+class _EmptyResponse:
+    """The challenge response body RFC 8555 asks for: `{}` (for any challenge type)."""
+
+    _cache: dict[str, Any] = {}
+
+    @classmethod
+    def for_type(cls, kind: str) -> Any:
+        from acme import challenges
+
+        if kind not in cls._cache:
+            existing = challenges.ChallengeResponse.TYPES.get(kind)
+            if existing is None:
+
+                class Response(challenges.ChallengeResponse):
+                    typ = kind
+
+                    def to_partial_json(self) -> dict[str, Any]:
+                        return {}
+
+                    def __bool__(self) -> bool:
+                        # The acme client sends a POST-as-GET (empty payload) for a falsy
+                        # body, and a field-less josepy object is falsy.
+                        return True
+
+                existing = Response
+            cls._cache[kind] = existing
+        response_cls = cls._cache[kind]
+        if issubclass(response_cls, challenges.KeyAuthorizationChallengeResponse):
+            return response_cls(key_authorization="unused")  # serialised as {}
+        return response_cls()

@@ -2,7 +2,8 @@
 127.0.0.1 for every name) on loopback for tests.
 
 pebble's HTTPS listener gets a certificate from a throw-away CA (`trustme`); pebble validates
-http-01 challenges against `http_port` on 127.0.0.1 (the edge's plain-HTTP listener).
+http-01 challenges against `http_port` on 127.0.0.1 (the edge's plain-HTTP listener) and
+tls-alpn-01 against `tls_port` (the edge's HTTPS listener).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ async def _wait_for_line(stream: asyncio.StreamReader, needle: bytes, seconds: f
 
 
 @asynccontextmanager
-async def run_pebble(workdir: Path, http_port: int) -> AsyncIterator[Pebble]:
+async def run_pebble(
+    workdir: Path, http_port: int, tls_port: int | None = None
+) -> AsyncIterator[Pebble]:
     import trustme
 
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, tiny
@@ -84,7 +87,7 @@ async def run_pebble(workdir: Path, http_port: int) -> AsyncIterator[Pebble]:
                     "certificate": str(cert),
                     "privateKey": str(key),
                     "httpPort": http_port,
-                    "tlsPort": free_port(),
+                    "tlsPort": tls_port or free_port(),
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": False,
                 }

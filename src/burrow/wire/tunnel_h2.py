@@ -138,10 +138,15 @@ def parse_response(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers
         elif name == RESPONSE_HEADERS:
             user = deserialize_headers(value)
         elif name == RESPONSE_META:
-            try:
-                source = str(json.loads(value).get("src", "origin"))
-            except (ValueError, AttributeError):
+            if value == META_ORIGIN:  # the two values connectors send: no JSON parse
                 source = "origin"
+            elif value == META_CLOUDFLARED:
+                source = "cloudflared"
+            else:
+                try:
+                    source = str(json.loads(value).get("src", "origin"))
+                except (ValueError, AttributeError):
+                    source = "origin"
         elif not name.startswith(b":") and not is_internal_header(name):
             plain.append((name, value))
     if status < 100 or status > 999:

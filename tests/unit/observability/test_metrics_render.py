@@ -89,7 +89,10 @@ def test_edge_requests_latency_connections() -> None:
     view.stats.registration_failed("bad_credentials")
     out = _lines(render(edge_registry(view)))
     tid = str(t)
-    assert f'burrow_edge_requests_total{{hostname="a.example",status="200",tunnel_id="{tid}"}} 2.0' in out
+    assert (
+        f'burrow_edge_requests_total{{hostname="a.example",status="200",tunnel_id="{tid}"}} 2.0'
+        in out
+    )
     assert 'burrow_edge_requests_total{hostname="",status="404",tunnel_id=""} 1.0' in out
     assert f'burrow_edge_request_duration_seconds_count{{tunnel_id="{tid}"}} 2.0' in out
     assert f'burrow_edge_response_latency_seconds_bucket{{le="0.025",tunnel_id="{tid}"}} 2.0' in out
