@@ -147,6 +147,23 @@ def _wrk(ep: loads.Endpoint, duration: float, headers: list[str]) -> dict[str, f
     }
 
 
+def _status(port: int, headers: list[str]) -> int | None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(
+            "GET",
+            "/small",
+            headers={"Host": "bench.localhost", **dict(h.split(": ", 1) for h in headers)},
+        )
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
 def end_to_end(duration: float, tmp: Path) -> dict[str, Any]:
     started: list[procs.Proc] = []
     try:
@@ -187,16 +204,18 @@ def end_to_end(duration: float, tmp: Path) -> dict[str, Any]:
             "--include",
             "service_token=bench",
         )
-        procs.wait_until(
-            lambda: procs.http_get_status(b.http_port, "/small", "bench.localhost") in (302, 403),
-            30, b.edge, "the edge to enforce the new application",
-        )  # fmt: skip
         headers = [
             f"CF-Access-Client-Id: {tok['client_id']}",
             f"CF-Access-Client-Secret: {tok['client_secret']}",
         ]
+        procs.wait_until(
+            lambda: _status(b.http_port, headers) == 200 and _status(b.http_port, []) == 403,
+            30, b.edge, "the edge to enforce the new application and policy",
+        )  # fmt: skip
         _wrk(ep, 1, headers)  # warm-up
         with_access = run(headers)
+        if with_access["errors"]:
+            raise RuntimeError(f"{with_access['errors']} requests failed with Access on")
         return {
             "no_access": base,
             "service_token": with_access,

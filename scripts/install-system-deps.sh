@@ -2,7 +2,7 @@
 # Debian packages the test suite uses: real servers and clients (OpenSSH, PostgreSQL, the pebble
 # ACME test CA) and load tools. Installs only what is missing; needs root (CI runs as root).
 set -euo pipefail
-packages=(curl openssh-server openssh-client postgresql pebble wrk nghttp2-client)
+packages=(curl openssh-server openssh-client postgresql pebble wrk nghttp2-client chromium nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -91,6 +91,12 @@ async def test_service_token_passes_service_auth_then_deletion_and_expiry_refuse
 
     claims = jose_jwt.decode(jwt, KeySet.import_key_set({"keys": certs["keys"]})).claims
     assert claims["common_name"] == tok.client_id and claims["aud"] == [app.aud]
+    # as Cloudflare: the app token comes back as the CF_Authorization cookie, and it works alone
+    assert cookie_of(r) == jwt and "HttpOnly" in r.header("set-cookie")
+    again = await stack.get("/api", headers={**h, "Cookie": f"{COOKIE}={jwt}"})
+    assert again.status == 200 and not again.all("set-cookie")  # already has it
+    assert (await stack.get("/api", headers={"Cookie": f"{COOKIE}={jwt}"})).status == 200
+    assert not (await stack.get("/x", host="open.localhost")).all("set-cookie")
     # wrong secret, no headers: 403 (never a login page for a machine)
     bad = await stack.get("/api", headers={**h, "CF-Access-Client-Secret": "x" * 64})
     assert bad.status == 403

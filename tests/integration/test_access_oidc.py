@@ -186,6 +186,7 @@ async def _idp_login(stack: AccessStack, idp_id: str, host: str, login: str) -> 
     (the callback URL the IdP sends the browser to, the state-binding cookie)."""
     import aiohttp
 
+    assert stack.edge.access is not None
     app = next(a for a in stack.edge.access.snapshot.by_aud.values() if a.domain == host)
     q = f"kid={app.aud}&host={host}&redirect_url=/after&port={stack.port}"
     r = await stack.get(f"/cdn-cgi/access/oidc/{idp_id}?{q}", host="auth.localhost")

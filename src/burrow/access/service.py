@@ -17,6 +17,7 @@ request is decided from the snapshot alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import html
@@ -105,6 +106,7 @@ class Forward:
     path: bytes
     add: list[tuple[bytes, bytes]] = field(default_factory=list)
     strip: frozenset[bytes] = _STRIP
+    respond: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
 
 
 @dataclass(slots=True)
@@ -173,6 +175,9 @@ class AccessService:
         self.decisions: dict[tuple[str, str], int] = {}  # (app name, outcome) -> count
         self.oidc_cache = OIDCCache()
         self._otp_sends: dict[str, list[float]] = {}  # address -> times a code was mailed
+        # token -> the identity its (verified) claims carry, for this snapshot: the same cookie
+        # comes with every request of a session.
+        self._identities: dict[str, Identity | None] = {}
 
     # -- snapshot ---------------------------------------------------------------------------
 
@@ -204,6 +209,7 @@ class AccessService:
                 log.warning("access: %s", warning)
         self.snapshot = snap
         self._service_jwts.clear()
+        self._identities.clear()
 
     # -- per request ------------------------------------------------------------------------
 
@@ -251,7 +257,14 @@ class AccessService:
             except TokenError:
                 claims = None
             if claims is not None and not snap.revoked(claims):
-                identity = snap.identity(claims, now)
+                identity = self._identities.get(token, _UNKNOWN)
+                if identity is _UNKNOWN:
+                    identity = snap.identity(claims, now)
+                    # A service token's identity depends on its expiry: decided every time.
+                    if not claims.common_name:
+                        if len(self._identities) > 4096:
+                            self._identities.clear()
+                        self._identities[token] = identity
             if identity is None:
                 claims = None
         decision = evaluate(app.policies, identity, facts)
@@ -264,6 +277,11 @@ class AccessService:
             if service is not None:
                 jwt = self._service_jwt(app, service.client_id, now)
                 add.append((b"cf-access-jwt-assertion", jwt.encode()))
+                if req.cookie(COOKIE) != jwt:
+                    # As Cloudflare: the app token comes back as the CF_Authorization cookie.
+                    lifetime = min(app.session_duration, ORG_LIFETIME)
+                    cookie = _cookie(jwt, lifetime).encode()
+                    return Forward(forward_path, add, respond=[(b"set-cookie", cookie)])
             elif claims is not None and token:
                 add.append((b"cf-access-jwt-assertion", token.encode()))
                 if claims.email:
@@ -1018,6 +1036,10 @@ def _port(authority: str) -> str:
     return port if colon and port.isdigit() else ""
 
 
+_UNKNOWN: Any = object()
+
+
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text)

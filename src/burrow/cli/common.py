@@ -51,20 +51,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    """Give the heap freed during start-up (migrations, module compilation) back to the OS:
-    glibc keeps it otherwise, and it shows as idle RSS."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 async def serve_until_signal(

@@ -125,7 +125,7 @@ class TeamKeys:
         try:
             claims = jwt.decode(token, self.keys, algorithms=["RS256"]).claims
             exp = float(claims["exp"])
-            nbf = float(claims.get("nbf", claims.get("iat", 0)))
+            nbf = float(claims.get("nbf") or claims.get("iat") or 0)
         except (JoseError, ValueError, KeyError, TypeError):
             return DENY
         if claims.get("iss") != self.issuer or exp + LEEWAY < now or nbf - LEEWAY > now:
@@ -158,7 +158,7 @@ class TeamKeys:
                         raise ValueError(f"HTTP {resp.status}")
             doc = json.loads(body)
             keys = [k for k in doc["keys"] if isinstance(k, dict) and k.get("kty") == "RSA"]
-            keyset = KeySet.import_key_set({"keys": keys})  # type: ignore[arg-type]
+            keyset = KeySet.import_key_set({"keys": keys})
         except (
             aiohttp.ClientError,
             TimeoutError,
@@ -262,7 +262,7 @@ class AccessChecker:
             deny(stream)
             return False
         held = _Held()
-        stream.handler = held  # type: ignore[assignment]
+        stream.handler = held
 
         async def later() -> None:
             await team.refresh()

@@ -34,6 +34,13 @@ def _apply(forward: Forward, headers: list[tuple[bytes, bytes]]) -> list[tuple[b
 class AccessGate:
     def __init__(self, service: AccessService) -> None:
         self.service = service
+        self._respond: list[tuple[bytes, bytes]] = []
+
+    def take_response_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers the last forwarded request's response must carry (the listener creates its
+        exchange synchronously after `http1`/`h2` returned, so nothing can come between)."""
+        out, self._respond = self._respond, []
+        return out
 
     # -- HTTP/1.1 -------------------------------------------------------------------------
 
@@ -42,6 +49,8 @@ class AccessGate:
     ) -> bytes | None:
         service = self.service
         snap = service.snapshot
+        if self._respond:
+            self._respond = []
         if not snap.apps and host != service.team_domain:
             return path  # nothing protected on this edge: no per-request cost
         authority = (head.host or host.encode()).decode("latin-1").strip()
@@ -59,6 +68,7 @@ class AccessGate:
             return path
         if type(verdict) is Forward:
             head.headers = _apply(verdict, head.headers)
+            self._respond = verdict.respond
             return verdict.path
         local = LocalExchange(proto, head, host, ray, req, service, verdict)
         proto.current = cast(Any, local)
@@ -83,6 +93,8 @@ class AccessGate:
     ) -> bytes | None:
         """As `http1`; `headers` (the regular request headers) are changed in place."""
         service = self.service
+        if self._respond:
+            self._respond = []
         if not service.snapshot.apps and host != service.team_domain:
             return path
         req = AccessRequest(
@@ -99,6 +111,7 @@ class AccessGate:
             return path
         if type(verdict) is Forward:
             headers[:] = _apply(verdict, headers)
+            self._respond = verdict.respond
             return verdict.path
         collector = _H2Local(stream, req, service, verdict)
         stream.handler = collector

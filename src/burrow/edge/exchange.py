@@ -93,6 +93,7 @@ class Exchange:
         "_ttfb",
         "_unacked",
         "conn",
+        "extra_response",
         "eyeball",
         "head",
         "host",
@@ -119,6 +120,7 @@ class Exchange:
         self.conn = conn
         self.ray = ray
         self.websocket = head.upgrade == b"websocket"
+        self.extra_response: Headers = []  # set by the listener (Access's Set-Cookie)
         self.request_done = False
         self.response_started = False
         self.response_done = False
@@ -221,6 +223,8 @@ class Exchange:
             if lname in http1.HOP_BY_HOP or lname in named or is_internal_header(lname):
                 continue
             out.append((name, value))
+        if self.extra_response:
+            out.extend(self.extra_response)
         self.response_started = True
         if upgrade:
             out.append((b"Connection", b"Upgrade"))

@@ -254,6 +254,8 @@ class EyeballProtocol(asyncio.Protocol):
         if head.expect_continue and (head.content_length or head.chunked):
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.current = Exchange(self, head, host, path, conn, ray)  # type: ignore[arg-type]
+        if ctx.access is not None:
+            self.current.extra_response = ctx.access.take_response_headers()
 
     def _local_error(
         self,

@@ -62,6 +62,7 @@ class H2Exchange:
         "_tunnel_withheld",
         "body_left",
         "conn",
+        "extra_response",
         "eyeball",
         "host",
         "owner",
@@ -86,6 +87,7 @@ class H2Exchange:
         self.response_started = False
         self.eyeball: H2Stream | None = None
         self.tunnel: H2Stream | None = None
+        self.extra_response: Headers = []  # set by the listener (Access's Set-Cookie)
         self._counted = True
         self._t0 = time.monotonic()
         self._status = 0
@@ -133,6 +135,8 @@ class H2Exchange:
             self._finish()
             return
         out = _response_headers(status, origin_headers)
+        if self.extra_response:
+            out.extend(self.extra_response)
         eyeball.send_headers(out, end_stream=end_stream)
         if end_stream:
             if eyeball.remote_ended:
@@ -383,6 +387,8 @@ class H2EyeballConnection(H2Endpoint):
         exchange = H2Exchange(
             self, cast("EdgeTunnelConnection", conn), host, ray, gate.body_limit(host)
         )
+        if ctx.access is not None:
+            exchange.extra_response = ctx.access.take_response_headers()
         self.active.add(exchange)
         self._cancel_timer()
         stream.handler = exchange

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import struct
 from typing import Any, Protocol, cast
 
 import h2.config
@@ -23,7 +24,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import DataFrame, Frame
 
 from burrow.net.hpack_fast import FastDecoder, FastEncoder
 
@@ -36,7 +40,7 @@ h2.connection.repr = lambda _obj: ""  # type: ignore[attr-defined]
 
 Headers = list[tuple[bytes, bytes]]
 
-WINDOW_SIZE = 1 << 20  # per-stream initial window we grant (cloudflared uses 1 MiB)
+WINDOW_SIZE = 1 << 22  # per-stream initial window we grant
 CONNECTION_WINDOW = 32 << 20  # connection-level window we grant (shared by all streams)
 MAX_FRAME_SIZE = 1 << 20
 STREAM_HIGH_WATER = 1 << 20  # pending outbound bytes per stream before the producer is paused
@@ -85,7 +89,7 @@ class H2Stream:
         self.conn = conn
         self.id = stream_id
         self.handler = handler
-        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
         self._pending_bytes = 0
         self._end_queued = False
         self._trailers: Headers | None = None
@@ -106,7 +110,9 @@ class H2Stream:
         """Queue body bytes. Returns False when the producer should pause until `on_writable`."""
         if self.closed or self._end_queued or not data:
             return not self.closed
-        self._pending.append(memoryview(data))
+        if type(data) is not bytes:
+            data = bytes(data)  # a caller's mutable buffer must not change under the queue
+        self._pending.append(data)
         self._pending_bytes += len(data)
         self.conn._stream_has_pending(self)
         if self._pending_bytes >= STREAM_HIGH_WATER:
@@ -164,10 +170,12 @@ class H2Stream:
             size = min(len(chunk), window, max_frame)
             if size == len(chunk):
                 self._pending.popleft()
-                h2c.send_data(self.id, chunk.tobytes())
+                h2c.send_data(self.id, chunk)
             else:
-                h2c.send_data(self.id, chunk[:size].tobytes())
-                self._pending[0] = chunk[size:]
+                # Zero-copy split: the frame goes out as its own write buffer (_H2Connection).
+                view = chunk if type(chunk) is memoryview else memoryview(chunk)
+                h2c.send_data(self.id, view[:size])
+                self._pending[0] = view[size:]
             self._pending_bytes -= size
         if self._end_queued and not self.local_ended:
             self.local_ended = True
@@ -178,10 +186,113 @@ class H2Stream:
         return True
 
 
+_FRAME_HEADER = struct.Struct("!HBBBL")
+_COALESCE_BELOW = 64 << 10  # output pieces smaller than this are joined into one write
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's FrameBuffer, minus one copy of every received frame body: the body is parsed
+    from a view of the buffer instead of a slice of it."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) < 9:
+            raise StopIteration
+        try:
+            f, length = Frame.parse_frame_header(memoryview(data)[:9])
+        except (InvalidDataError, InvalidFrameError) as err:
+            raise h2.exceptions.ProtocolError(
+                f"Received frame with invalid header: {err!s}"
+            ) from err
+        if len(data) < length + 9:
+            raise StopIteration
+        self._validate_frame_length(length)
+        view = memoryview(data)[9 : 9 + length]
+        try:
+            f.parse_body(view)
+        except InvalidDataError as err:
+            raise h2.exceptions.ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise h2.exceptions.FrameDataMissingError("Frame data missing or invalid") from err
+        view.release()
+        try:
+            del data[: 9 + length]
+        except BufferError:  # a frame kept a view of the buffer: leave it to that frame
+            self._data = data[9 + length :]
+        new_frame = self._update_header_buffer(f)
+        return new_frame if new_frame is not None else self.__next__()
+
+
 class _H2Connection(h2.connection.H2Connection):
-    """h2 ends the whole connection on any GOAWAY (and drops queued output). A graceful one
-    (NO_ERROR) only means "no new streams": in-flight streams must finish (RFC 9113 6.8), which
-    is how an edge drains a tunnel connection on shutdown."""
+    """h2 with two changes for a proxy:
+
+    - Output is kept as a list of pieces instead of one growing buffer: a DATA frame's payload
+      is not copied into it (nor re-serialised by hyperframe) but written as its own piece
+      (`data_chunks`), which saves two to three copies of every body byte sent.
+    - h2 ends the whole connection on any GOAWAY (and drops queued output). A graceful one
+      (NO_ERROR) only means "no new streams": in-flight streams must finish (RFC 9113 6.8),
+      which is how an edge drains a tunnel connection on shutdown."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._chunks: list[bytes | memoryview] = []
+        self.incoming_buffer = _FrameBuffer(server=not config.client_side)
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        out = self._chunks
+        if self._data_to_send:  # written directly by h2 (connection preamble): keep the order
+            out.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        for f in frames:
+            if type(f) is DataFrame and not f.pad_length:
+                data = f.data
+                n = len(data)
+                f.body_len = n
+                flags = 1 if "END_STREAM" in f.flags else 0
+                out.append(_FRAME_HEADER.pack((n >> 8) & 0xFFFF, n & 0xFF, 0, flags, f.stream_id))
+                if n:
+                    out.append(data)
+            else:
+                out.append(f.serialize())
+
+    def data_chunks(self) -> list[bytes | memoryview]:
+        """Everything queued for sending, as pieces for `transport.writelines`: runs of small
+        pieces joined (one TLS record, one syscall), large DATA payloads left as they are."""
+        out = self._chunks
+        if self._data_to_send:
+            out.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        if not out:
+            return out
+        self._chunks = []
+        if len(out) == 1:
+            return out
+        merged: list[bytes | memoryview] = []
+        small: list[bytes | memoryview] = []
+        for piece in out:
+            if len(piece) < _COALESCE_BELOW:
+                small.append(piece)
+                continue
+            if small:
+                merged.append(b"".join(small))
+                small = []
+            merged.append(piece)
+        if small:
+            merged.append(b"".join(small))
+        return merged
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        data = b"".join(self.data_chunks())
+        if amount is None:
+            return data
+        self._data_to_send = bytearray(data)
+        return super().data_to_send(amount)  # type: ignore[no-any-return]
+
+    def clear_outbound_data_buffer(self) -> None:
+        self._chunks = []
+        super().clear_outbound_data_buffer()
 
     _scan_skipped = 0
 
@@ -409,9 +520,12 @@ class H2Endpoint(asyncio.Protocol):
             return
         if self._blocked and not self._write_paused:
             self._drain_blocked(h2c)
-        data = h2c.data_to_send()
-        if data:
-            self.transport.write(data)
+        chunks = h2c.data_chunks()
+        if chunks:
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
 
     def _drain_blocked(self, h2c: Any) -> None:
         woken: list[H2Stream] = []

@@ -41,7 +41,9 @@ def setup_logging(level: str = "info", *, output: str = "text", logfile: str | N
         handler.setFormatter(_JSONFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
