@@ -2,11 +2,15 @@
 # Debian packages the test suite uses: real servers and clients (OpenSSH, PostgreSQL, the pebble
 # ACME test CA) and load tools. Installs only what is missing; needs root (CI runs as root).
 set -euo pipefail
-packages=(curl openssh-server openssh-client postgresql pebble wrk nghttp2-client chromium nodejs npm)
+packages=(curl openssh-server openssh-client postgresql pebble wrk nghttp2-client chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from elsewhere than Debian (the machine image ships NodeSource's build, which
+# bundles npm); only ask Debian for it when the commands are missing.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
