@@ -22,6 +22,7 @@ from burrow.edge import tunnel_conn
 from burrow.edge.tunnel_conn import EdgeTunnelConnection
 from burrow.testing.harness import provision, start_edge
 from burrow.testing.origins import start_test_origin
+from burrow.testing.pgdb import PG_URL, fresh_database
 
 HOST = "app.localhost"
 BURROW = [sys.executable, "-c", "from burrow.cli.main import main; main()"]
@@ -91,6 +92,7 @@ class Edge:
     tunnel: int = field(default_factory=free_port)
     http: int = field(default_factory=free_port)
     admin: int = field(default_factory=free_port)
+    store_url: str | None = None
     proc: Proc | None = None
 
     def start(self, log: Path, grace: float = 10.0) -> None:
@@ -101,6 +103,7 @@ class Edge:
                 "--http-listen", f"127.0.0.1:{self.http}",
                 "--admin-listen", f"127.0.0.1:{self.admin}",
                 "--grace-period", str(grace),
+                *(["--store-url", self.store_url] if self.store_url else []),
             ],
             log,
         )  # fmt: skip
@@ -187,10 +190,11 @@ async def origin_port() -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-def create_tunnel(state: Path) -> str:
+def create_tunnel(state: Path, store_url: str | None = None) -> str:
+    store = ["--store-url", store_url] if store_url else []
     out = subprocess.run(
         [*BURROW, "edge", "tunnel", "create", "t1", "--hostname", HOST, "--state-dir", str(state),
-         "--json"],
+         "--json", *store],
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return str(json.loads(out.stdout)["token"])
@@ -203,10 +207,26 @@ def connector_args(token: str, origin_port: int, edges: list[int], *extra: str) 
     return [*args, *extra]
 
 
-async def test_edge_killed_under_load_then_back(tmp_path: Path, origin_port: int) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def shared_store(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """What two edge processes share: one SQLite file in one state directory, or one
+    PostgreSQL database (when BURROW_TEST_PG_URL names a server)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not PG_URL:
+        pytest.skip("BURROW_TEST_PG_URL is not set (PostgreSQL server for tests)")
+    async with fresh_database("burrow_ha") as url:
+        yield url
+
+
+async def test_edge_killed_under_load_then_back(
+    tmp_path: Path, origin_port: int, shared_store: str | None
+) -> None:
+    """Two edge processes sharing one store; a connector with --edge A --edge B."""
     state = tmp_path / "state"
-    token = create_tunnel(state)
-    a, b = Edge(state), Edge(state)
+    token = create_tunnel(state, shared_store)
+    a, b = Edge(state, store_url=shared_store), Edge(state, store_url=shared_store)
     procs: list[Proc] = []
     try:
         async with aiohttp.ClientSession() as s:

@@ -177,7 +177,8 @@ def connector_registry(view: ConnectorView) -> CollectorRegistry:
         )
         g = GaugeMetricFamily(
             "cloudflared_tunnel_max_concurrent_requests_per_tunnel",
-            "Largest number of concurrent requests proxied through each tunnel so far",
+            "Largest number of concurrent requests proxied through each tunnel so far "
+            "(as seen by scrapes)",
             labels=["connection_id"],
         )
         g.add_metric([""], proxy.max_concurrent)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Collection
@@ -21,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
@@ -231,9 +230,46 @@ def _prepare_sqlite_file(url: URL) -> None:
     os.close(fd)
 
 
+_REVISION_RE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.M)
+
+
+def _head_revision() -> str | None:
+    """The single head of the migration scripts, read from their `revision`/`down_revision`
+    lines without importing alembic; None when that is not clear-cut (alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        fields = dict(m.groups() for m in _REVISION_RE.finditer(path.read_text()))
+        rev, down = fields.get("revision", ""), fields.get("down_revision", "")
+        if not (rev[:1] in "'\"" and rev[-1:] == rev[:1] and len(rev) > 2):
+            return None
+        revisions.add(rev[1:-1])
+        if down != "None":
+            if not (down[:1] in "'\"" and down[-1:] == down[:1] and len(down) > 2):
+                return None
+            parents.add(down[1:-1])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(sync_conn: sa.Connection) -> bool:
+    """Whether the database is already at the latest revision: then alembic (and the ~10 MB
+    it brings into a long-running edge: mako, pygments) is not imported at all."""
+    head = _head_revision()
+    if head is None or not sa.inspect(sync_conn).has_table("alembic_version"):
+        return False
+    rows = sync_conn.execute(sa.text("SELECT version_num FROM alembic_version")).fetchall()
+    return [r[0] for r in rows] == [head]
+
+
 def _run_migrations(sync_conn: sa.Connection) -> None:
     if sync_conn.dialect.name == "postgresql":
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    if _at_head(sync_conn):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     cfg.attributes["connection"] = sync_conn
