@@ -21,6 +21,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *BURROW,
         *args,
+        *_STORE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
@@ -30,9 +31,14 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+_STORE: list[str] = []
+
+
 async def test_ingress_set_show_clear_reaches_the_running_connector(tmp_path: Path) -> None:
     state = tmp_path / "edge"
     edge = await start_edge(state)
+    # The CLI must work on the edge's store, whichever it is (PostgreSQL in the second pass).
+    _STORE[:] = ["--store-url", edge.config.store_url] if edge.config.store_url else []
     runner, origin = await start_test_origin()
     connector = None
     try:

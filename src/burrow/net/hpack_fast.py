@@ -68,7 +68,7 @@ def encode_field(name: bytes, value: bytes, sensitive: bool = False) -> bytes:
     return bytes((first,)) + _literal(name) + _literal(value)
 
 
-class FastEncoder(hpack.Encoder):  # type: ignore[misc]
+class FastEncoder(hpack.Encoder):
     """Stateless, cached field encoding (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -77,7 +77,7 @@ class FastEncoder(hpack.Encoder):  # type: ignore[misc]
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         if isinstance(headers, dict):
-            return super().encode(headers, huffman)  # type: ignore[no-any-return]
+            return super().encode(headers, huffman)
         parts: list[bytes] = []
         if self.header_table.resized:
             # The peer changed SETTINGS_HEADER_TABLE_SIZE: acknowledge it first (RFC 7541 4.2).
@@ -114,7 +114,7 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
-class FastDecoder(hpack.Decoder):  # type: ignore[misc]
+class FastDecoder(hpack.Decoder):
     """Stateless fast path for plain blocks, `hpack.Decoder` for everything else."""
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
