@@ -169,11 +169,12 @@ def serve(
 
 
 def _state(state_dir: Path | None) -> Path:
-    return (state_dir or default_state_dir()).expanduser()
+    path = (state_dir or default_state_dir()).expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
 
 
 async def _open(state_dir: Path, store_url: str | None) -> SQLStore:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return await SQLStore.open(store_url or store_url_for(state_dir))
 
 

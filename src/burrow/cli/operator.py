@@ -112,10 +112,13 @@ def account_list(
         typer.echo(f"{row['id']}  {row['name']}  {row['created_at']}")
 
 
+_SCOPE_HELP = f"Repeatable: {', '.join(SCOPES)}."
+
+
 @token_cmd.command("create")
 def token_create(
     account: str = typer.Option(None, "--account", help="Account id or name (omit for operator)."),
-    scope: list[str] = typer.Option(..., "--scope", help=f"Repeatable: {', '.join(SCOPES)}."),
+    scope: list[str] = typer.Option(..., "--scope", help=_SCOPE_HELP),
     tunnel: str = typer.Option(None, "--tunnel", help="Bind a tunnel:run token to this tunnel id."),
     name: str = typer.Option("", "--name", help="A label for the token."),
     state_dir: Path = STATE_DIR,

@@ -125,7 +125,8 @@ def run(
         proto = str(pick(protocol, raw, "protocol", "http2"))
         if proto not in ("http2", "auto"):
             raise ConfigError(f"protocol {proto!r} is not supported by burrow's connector (use http2)")
-        ref, cred_path, cert = tunnel, credentials_file, None
+        cred_path: Path | None = credentials_file
+        ref, cert = tunnel, None
         if (ref or raw.get("tunnel")) and not (token or raw.get("token")):
             # cloudflared's `run NAME|UUID`: a name is looked up with cert.pem (burrow.cli.manage)
             from burrow.cli.manage import complete_credentials, resolve_for_run

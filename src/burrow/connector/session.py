@@ -181,16 +181,16 @@ class ConnectorSession(H2Endpoint):
         if not self.registered.done():
             self.registered.set_exception(exc)
 
-    async def unregister(self, timeout: float = 2.0) -> None:
+    async def unregister(self, wait_s: float = 2.0) -> None:
         """Tell the edge to schedule no new streams here (graceful shutdown)."""
         if self._control is None or self.closed:
             return
         self._control.rpc.unregister()
         self._control.send_pending()
         try:
-            await asyncio.wait_for(self.unregister_done.wait(), timeout)
+            await asyncio.wait_for(self.unregister_done.wait(), wait_s)
         except TimeoutError:
-            log.debug("edge did not acknowledge unregister within %ss", timeout)
+            log.debug("edge did not acknowledge unregister within %ss", wait_s)
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.goaway_received = True

@@ -78,34 +78,6 @@ def _validation_flags(self: Any, events: Any) -> Any:
 
 h2.stream.utf8_encode_headers = _bytes_headers  # type: ignore[attr-defined]
 
-
-def _fast_enum_hashes() -> None:
-    """h2's state machines look up (state, input) tuples in dicts on every frame; `Enum` hashes
-    with a Python-level `__hash__` (~20 calls per proxied request). Members are singletons
-    compared by identity, so the identity hash is equivalent; the two transition tables (the
-    only containers keyed by these members) are rebuilt with it."""
-    for cls in (
-        h2.stream.StreamInputs,
-        h2.stream.StreamClosedBy,
-        h2.connection.ConnectionState,
-        h2.connection.ConnectionInputs,
-    ):
-        if "__eq__" in cls.__dict__:  # pragma: no cover - a future h2 with value equality
-            return
-    for cls in (
-        h2.stream.StreamInputs,
-        h2.stream.StreamClosedBy,
-        h2.connection.ConnectionState,
-        h2.connection.ConnectionInputs,
-    ):
-        cls.__hash__ = object.__hash__  # type: ignore[method-assign]
-    # Re-inserted key by key: dict(d) would copy the stored (old) hashes.
-    h2.stream._transitions = {k: v for k, v in h2.stream._transitions.items()}  # noqa: C416
-    machine = h2.connection.H2ConnectionStateMachine
-    machine._transitions = {k: v for k, v in machine._transitions.items()}  # noqa: C416
-
-
-_fast_enum_hashes()
 h2.stream.H2Stream._build_hdr_validation_flags = _validation_flags  # type: ignore[method-assign]
 
 WINDOW_SIZE = 1 << 22  # per-stream initial window we grant

@@ -94,7 +94,7 @@ class GatedTLSServer:
             await loop.connect_accepted_socket(
                 lambda: self._make(ip), conn, ssl=self._ssl, ssl_handshake_timeout=self._timeout
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.debug("TLS handshake with %s failed: %s", ip, exc)
             conn.close()
 

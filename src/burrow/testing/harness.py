@@ -20,7 +20,6 @@ from burrow.ingress.rules import Ingress
 from burrow.net.listen import format_hostport
 from burrow.testing.pgdb import create_database, edges_use_postgres
 
-
 _PG_DATABASES: dict[str, str] = {}
 
 
@@ -38,7 +37,7 @@ async def start_edge(state_dir: Path, **overrides: Any) -> EdgeServer:
     if cfg.store_url is None and edges_use_postgres():
         # The same tests, on PostgreSQL: scripts/test.sh runs a second pass this way. An edge
         # restarted on the same state directory finds the same database.
-        key = str(state_dir.resolve())
+        key = str(state_dir)  # tests pass the same path object to a restarted edge
         if key not in _PG_DATABASES:
             _PG_DATABASES[key] = await create_database("burrow_edge")
         cfg.store_url = _PG_DATABASES[key]
