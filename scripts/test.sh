@@ -41,7 +41,7 @@ run_pytest "$@"
 rc=$?
 if [ -n "${BURROW_TEST_PG_URL:-}" ]; then
   echo "== store, control-plane and in-process edge tests on PostgreSQL =="
-  BURROW_TEST_STORE=postgres run_pytest "$@" tests/unit/store tests/unit/admin tests/integration
+  BURROW_TEST_STORE=postgres run_pytest "$@" tests/unit/store tests/unit/admin tests/integration tests/e2e
   pg_rc=$?
   [ "$rc" -eq 0 ] && rc=$pg_rc
 fi

@@ -2,14 +2,18 @@
 
 `burrow edge serve`, `burrow edge tunnel ...`, `burrow tunnel run` and `burrow demo` run as
 subprocesses of the installed console script on free loopback ports, each edge with its own
---state-dir under tmp_path; the origin is `burrow.testing.origins` in its own process
-(origin_server.py); requests are made with curl. Readiness is polled (the edge's admin
-/healthz reports `connections`), never slept for. Every process started here is killed by its
-PID at teardown.
+--state-dir under tmp_path. Its store is the SQLite file in that directory, or, when the suite
+runs on PostgreSQL (`BURROW_TEST_STORE=postgres` with BURROW_TEST_PG_URL), a fresh database per
+state directory, passed as `--store-url` to every command that opens the edge's state (child
+environments never inherit BURROW_* variables, so nothing else points them there). The
+origin is `burrow.testing.origins` in its own process (origin_server.py); requests are made
+with curl. Readiness is polled (the edge's admin /healthz reports `connections`), never slept
+for. Every process started here is killed by its PID at teardown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from burrow.testing.pgdb import create_database, edges_use_postgres
 
 HERE = Path(__file__).resolve().parent
 CURL = shutil.which("curl")
@@ -150,6 +156,12 @@ class Edge:
     tunnel_port: int
     http_port: int
     admin_port: int
+    store_url: str | None = None  # None: the SQLite file in state_dir
+
+    def state_args(self) -> list[str]:
+        """The flags that point a burrow command at this edge's state (for `burrow edge ...`
+        commands run alongside it)."""
+        return ["--state-dir", str(self.state_dir), *store_args(self.store_url)]
 
     @property
     def tunnel_addr(self) -> str:
@@ -190,6 +202,10 @@ class Edge:
         wait_until(check, timeout, what=f"{n} tunnel connection(s) at the edge")
 
 
+def store_args(store_url: str | None) -> list[str]:
+    return ["--store-url", store_url] if store_url else []
+
+
 @dataclass
 class E2E:
     """The per-test world: processes, state directories, the origin, curl."""
@@ -197,6 +213,7 @@ class E2E:
     tmp: Path
     origin_port: int
     procs: list[Proc] = field(default_factory=list)
+    store_urls: dict[Path, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.logs = self.tmp / "logs"
@@ -241,6 +258,17 @@ class E2E:
 
     # -- edge ---------------------------------------------------------------------------------
 
+    def store_url(self, state_dir: Path) -> str | None:
+        """The store of the edge whose state is in `state_dir`: None (its SQLite file) or, on
+        the PostgreSQL pass, a database of its own, created on first use and the same for every
+        later command and restart on that state directory."""
+        if not edges_use_postgres():
+            return None
+        key = state_dir.resolve()
+        if key not in self.store_urls:
+            self.store_urls[key] = asyncio.run(create_database("burrow_e2e"))
+        return self.store_urls[key]
+
     def start_edge(
         self,
         state_dir: Path | None = None,
@@ -250,6 +278,7 @@ class E2E:
     ) -> Edge:
         sd = state_dir or (self.tmp / "edge-state")
         tunnel_port, http_port, admin_port = ports or (free_port(), free_port(), free_port())
+        store_url = self.store_url(sd)
         proc = self.spawn(
             "edge",
             [
@@ -265,9 +294,10 @@ class E2E:
                 f"127.0.0.1:{admin_port}",
                 "--loglevel",
                 loglevel,
+                *store_args(store_url),
             ],
         )
-        edge = Edge(proc, sd, tunnel_port, http_port, admin_port)
+        edge = Edge(proc, sd, tunnel_port, http_port, admin_port, store_url)
         if wait:
 
             def up() -> bool:
@@ -278,7 +308,7 @@ class E2E:
         return edge
 
     def create_tunnel(self, edge: Edge, name: str, *hostnames: str) -> dict[str, Any]:
-        args = ["edge", "tunnel", "create", name, "--state-dir", str(edge.state_dir), "--json"]
+        args = ["edge", "tunnel", "create", name, *edge.state_args(), "--json"]
         for h in hostnames:
             args += ["--hostname", h]
         r = self.burrow(*args)

@@ -39,12 +39,10 @@ def test_create_list_pickup_delete(e2e: E2E) -> None:
     )
 
     # `list` shows it, in text and JSON.
-    listed = e2e.burrow("edge", "tunnel", "list", "--state-dir", str(edge.state_dir))
+    listed = e2e.burrow("edge", "tunnel", "list", *edge.state_args())
     assert listed.returncode == 0, listed.stderr
     assert made["id"] in listed.stdout and "web" in listed.stdout and host in listed.stdout
-    rows = json.loads(
-        e2e.burrow("edge", "tunnel", "list", "--state-dir", str(edge.state_dir), "--json").stdout
-    )
+    rows = json.loads(e2e.burrow("edge", "tunnel", "list", *edge.state_args(), "--json").stdout)
     assert [(r["id"], r["name"], r["hostnames"]) for r in rows] == [(made["id"], "web", [host])]
 
     # The running edge notices the new route without a restart: the hostname now belongs to
@@ -59,14 +57,14 @@ def test_create_list_pickup_delete(e2e: E2E) -> None:
     assert r.json()["path"] == "/echo?x=1"
 
     # `delete` removes it; the hostname is unknown again (404) on the running edge.
-    deleted = e2e.burrow("edge", "tunnel", "delete", "web", "--state-dir", str(edge.state_dir))
+    deleted = e2e.burrow("edge", "tunnel", "delete", "web", *edge.state_args())
     assert deleted.returncode == 0, deleted.stderr
     assert made["id"] in deleted.stdout
     r, waited = e2e.wait_status(edge.url("/echo"), 404, host=host, timeout=5)
     print(f"deleted tunnel dropped by the running edge after {waited:.2f}s")
     assert waited < 2.5, f"the edge took {waited:.2f}s to drop the deleted tunnel"
-    listed = e2e.burrow("edge", "tunnel", "list", "--state-dir", str(edge.state_dir), "--json")
+    listed = e2e.burrow("edge", "tunnel", "list", *edge.state_args(), "--json")
     assert json.loads(listed.stdout) == []
-    again = e2e.burrow("edge", "tunnel", "delete", "web", "--state-dir", str(edge.state_dir))
+    again = e2e.burrow("edge", "tunnel", "delete", "web", *edge.state_args())
     assert again.returncode != 0 and "web" in again.stderr
     conn.kill()

@@ -22,7 +22,7 @@ from burrow.edge import tunnel_conn
 from burrow.edge.tunnel_conn import EdgeTunnelConnection
 from burrow.testing.harness import provision, start_edge
 from burrow.testing.origins import start_test_origin
-from burrow.testing.pgdb import PG_URL, fresh_database
+from burrow.testing.pgdb import PG_URL, edges_use_postgres, fresh_database
 
 HOST = "app.localhost"
 BURROW = [sys.executable, "-c", "from burrow.cli.main import main; main()"]
@@ -212,11 +212,24 @@ async def shared_store(request: pytest.FixtureRequest) -> AsyncIterator[str | No
     """What two edge processes share: one SQLite file in one state directory, or one
     PostgreSQL database (when BURROW_TEST_PG_URL names a server)."""
     if request.param == "sqlite":
+        if edges_use_postgres():
+            pytest.skip("the PostgreSQL pass: the shared SQLite file is tested in the SQLite pass")
         yield None
         return
     if not PG_URL:
         pytest.skip("BURROW_TEST_PG_URL is not set (PostgreSQL server for tests)")
     async with fresh_database("burrow_ha") as url:
+        yield url
+
+
+@pytest.fixture
+async def edge_store() -> AsyncIterator[str | None]:
+    """The store of a single-edge test: the SQLite file in its state directory, or a fresh
+    PostgreSQL database on the PostgreSQL pass (`BURROW_TEST_STORE=postgres`)."""
+    if not edges_use_postgres():
+        yield None
+        return
+    async with fresh_database("burrow_e2e") as url:
         yield url
 
 
@@ -280,10 +293,12 @@ async def test_edge_killed_under_load_then_back(
             p.stop()
 
 
-async def test_replica_sigterm_under_load_loses_nothing(tmp_path: Path, origin_port: int) -> None:
+async def test_replica_sigterm_under_load_loses_nothing(
+    tmp_path: Path, origin_port: int, edge_store: str | None
+) -> None:
     state = tmp_path / "state"
-    token = create_tunnel(state)
-    edge = Edge(state)
+    token = create_tunnel(state, edge_store)
+    edge = Edge(state, store_url=edge_store)
     procs: list[Proc] = []
     try:
         async with aiohttp.ClientSession() as s:
@@ -328,10 +343,12 @@ async def test_replica_sigterm_under_load_loses_nothing(tmp_path: Path, origin_p
             p.stop()
 
 
-async def test_edge_sigterm_lets_a_long_download_finish(tmp_path: Path, origin_port: int) -> None:
+async def test_edge_sigterm_lets_a_long_download_finish(
+    tmp_path: Path, origin_port: int, edge_store: str | None
+) -> None:
     state = tmp_path / "state"
-    token = create_tunnel(state)
-    edge = Edge(state)
+    token = create_tunnel(state, edge_store)
+    edge = Edge(state, store_url=edge_store)
     procs: list[Proc] = []
     try:
         async with aiohttp.ClientSession() as s:
@@ -408,11 +425,11 @@ async def test_frozen_connector_is_dropped_and_requests_move(
 
 
 async def test_connector_sigterm_waits_for_in_flight_and_second_signal_forces(
-    tmp_path: Path, origin_port: int
+    tmp_path: Path, origin_port: int, edge_store: str | None
 ) -> None:
     state = tmp_path / "state"
-    token = create_tunnel(state)
-    edge = Edge(state)
+    token = create_tunnel(state, edge_store)
+    edge = Edge(state, store_url=edge_store)
     procs: list[Proc] = []
     try:
         async with aiohttp.ClientSession() as s:
