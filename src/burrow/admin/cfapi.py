@@ -66,6 +66,9 @@ def connection_json(c: ConnectionRecord) -> dict[str, Any]:
         "is_pending_reconnect": False,
         "origin_ip": c.origin_ip,
         "opened_at": rfc3339(c.opened_at),
+        # burrow's additions (cloudflared ignores unknown keys): which HA slot, which edge node.
+        "conn_index": c.conn_index,
+        "edge_node": c.edge_node,
     }
 
 

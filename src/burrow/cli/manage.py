@@ -419,6 +419,22 @@ def info(
             origin = conns[0]["origin_ip"] if conns else ""
             rows.append([c["id"], c["run_at"], c["arch"], c["version"], origin, _colos(conns)])
         _table(rows)
+        # Every connection of every connector (replicas, several edge nodes on one store).
+        typer.echo("")
+        rows = [["CONNECTOR ID", "INDEX", "EDGE NODE", "LOCATION", "VERSION", "SINCE"]]
+        for c in clients:
+            for conn in c["conns"]:
+                rows.append(
+                    [
+                        c["id"],
+                        str(conn.get("conn_index", "")),
+                        str(conn.get("edge_node", "")),
+                        str(conn.get("colo_name", "")),
+                        str(conn.get("client_version") or c["version"]),
+                        str(conn.get("opened_at", "")),
+                    ]
+                )
+        _table(rows)
 
     _run(main)
 

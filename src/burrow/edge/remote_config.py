@@ -86,7 +86,24 @@ class _PushHandler:
         except (ValueError, AttributeError, TypeError) as exc:
             self.result.set_exception(ConnectionError(f"bad push response: {exc}"))
             return
-        self.result.set_result((version, None if err in (None, "") else str(err)))
+        self.result.set_result((version, describe_push_error(err)))
+
+
+def describe_push_error(err: Any) -> str | None:
+    """The `err` of a push response as text, None for success.
+
+    cloudflared marshals a Go `error` with encoding/json, which gives only the exported fields
+    of its concrete type: `{}` for `errors.New`/`fmt.Errorf` errors (ingress validation), or a
+    struct such as strconv.NumError `{"Func": "ParseInt", "Num": "\"10s\"", "Err": {}}`. A
+    non-empty error of any JSON type is a failure; render structures as compact JSON.
+    """
+    if err is None or err == "" or err is False:
+        return None
+    if isinstance(err, str):
+        return err
+    if err == {}:
+        return "the connector reported an error without details (see its log)"
+    return json.dumps(err, sort_keys=True, separators=(",", ":"))
 
 
 def push_configuration(conn: H2Endpoint, config: TunnelConfig) -> asyncio.Future[PushResult]:
