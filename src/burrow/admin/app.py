@@ -213,10 +213,12 @@ def parse_uuid(text: str, what: str = "tunnel id") -> uuid.UUID:
 
 def mount_admin(app: web.Application, ctx: AdminContext) -> None:
     """Add the API routes and middleware to the edge's admin application."""
-    from burrow.admin import access_api, api, cfapi
+    from burrow.admin import access_api, api, cfapi, tunnel_config_api, waf_api
 
     app[CONTEXT_KEY] = ctx
     app.middlewares.append(_envelope_middleware)
     cfapi.add_routes(app.router)
     api.add_routes(app.router)
     access_api.add_routes(app.router)
+    tunnel_config_api.add_routes(app.router)
+    waf_api.add_routes(app.router)

@@ -122,6 +122,8 @@ def serve(
     acme_directory: str = typer.Option(None, "--acme-directory", help="ACME directory URL: get certificates for routed hostnames automatically (http-01)."),
     acme_email: str = typer.Option(None, "--acme-email", help="Contact e-mail for the ACME account."),
     acme_ca_bundle: Path = typer.Option(None, "--acme-ca-bundle", help="CA file trusted for the ACME server's HTTPS (test CAs)."),
+    acme_challenge: list[str] = typer.Option(None, "--acme-challenge", help="ACME challenge types in order of preference (repeatable): http-01, tls-alpn-01, dns-01 (default http-01 then tls-alpn-01)."),
+    acme_dns_hook: str = typer.Option(None, "--acme-dns-hook", help="PROGRAM run as 'PROGRAM present|cleanup DOMAIN VALUE' to publish dns-01 TXT records: certificates for wildcard routes."),
     team_domain: str = typer.Option(None, "--team-domain", help="Hostname serving the Access login pages (e.g. auth.example.com)."),
 ) -> None:
     """Run the edge."""
@@ -154,6 +156,8 @@ def serve(
                 acme_directory=acme_directory,
                 acme_email=acme_email,
                 acme_ca_bundle=acme_ca_bundle,
+                acme_dns_hook=acme_dns_hook,
+                acme_challenges=acme_challenge or [],
             ),
         )
 

@@ -12,6 +12,7 @@ from burrow.errors import ConfigError
 
 _SIZE_RE = re.compile(r"(\d+)\s*([kmgKMG]?)(i?[bB]?)")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+ACME_CHALLENGES = ("http-01", "tls-alpn-01", "dns-01")
 
 
 def parse_size(text: str) -> int:
@@ -53,6 +54,8 @@ class FrontDoorOptions:
     acme_directory: str | None = None
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None
+    acme_dns_hook: str | None = None
+    acme_challenges: list[str] = field(default_factory=list)
 
 
 def apply_front_door(cfg: EdgeConfig, opts: FrontDoorOptions) -> None:
@@ -96,6 +99,20 @@ def apply_front_door(cfg: EdgeConfig, opts: FrontDoorOptions) -> None:
         cfg.acme_directory = opts.acme_directory
         cfg.acme_email = opts.acme_email
         cfg.acme_ca_bundle = opts.acme_ca_bundle.expanduser() if opts.acme_ca_bundle else None
+        cfg.acme_dns_hook = opts.acme_dns_hook or None
+        if opts.acme_challenges:
+            kinds = tuple(dict.fromkeys(k.strip().lower() for k in opts.acme_challenges))
+            unknown = set(kinds) - set(ACME_CHALLENGES)
+            if unknown:
+                raise ConfigError(
+                    f"unknown --acme-challenge {', '.join(sorted(unknown))} "
+                    f"(use {', '.join(ACME_CHALLENGES)})"
+                )
+            if "dns-01" in kinds and not cfg.acme_dns_hook:
+                raise ConfigError("--acme-challenge dns-01 needs --acme-dns-hook")
+            cfg.acme_challenges = kinds
+    elif opts.acme_dns_hook or opts.acme_challenges:
+        raise ConfigError("--acme-dns-hook and --acme-challenge need --acme-directory")
     if opts.redirect_https:
         if not cfg.https_listen:
             raise ConfigError("--redirect-https needs --https-listen")

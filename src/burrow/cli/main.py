@@ -28,7 +28,7 @@ app.add_typer(access_app, name="access")
 # store, admin API and PKI stacks, nor `burrow edge serve` for the connector's admin client.
 _GROUP_MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("demo",),
-    "edge": ("edge", "edge_ingress", "operator", "edge_access"),
+    "edge": ("edge", "edge_ingress", "operator", "edge_access", "edge_waf"),
     "tunnel": ("ingress", "tunnel", "manage"),
     "access": ("access", "access_login"),
 }
@@ -43,6 +43,7 @@ _ALL_MODULES = (
     "manage",
     "operator",
     "edge_access",
+    "edge_waf",
 )
 
 

@@ -27,7 +27,7 @@ from burrow.edge.public_h2 import AlpnDispatch
 from burrow.edge.registry import Registry
 from burrow.edge.remote_config import RemoteConfigs
 from burrow.edge.tunnel_conn import Accepted, EdgeTunnelConnection
-from burrow.errors import NotFound, RegistrationError, StoreError
+from burrow.errors import ConfigError, NotFound, RegistrationError, StoreError
 from burrow.net import tls
 from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
 from burrow.net.ratelimit import KeyedRateLimiter
@@ -39,6 +39,7 @@ from burrow.store.records import RoutingSnapshot
 from burrow.store.sealing import SecretBox
 from burrow.store.secrets import verify_secret
 from burrow.store.sqlalchemy_store import SQLStore
+from burrow.store.waf_rules import WafRuleRecord, compile_records, list_waf_rules
 from burrow.waf.rules import WafEngine
 from burrow.wire.registration import RegistrationRequest
 
@@ -79,6 +80,7 @@ class EdgeConfig:
     acme_renew_before: float = 30 * 86400.0  # seconds before expiry to renew
     acme_interval: float = 300.0  # seconds between certificate maintenance rounds
     acme_challenges: tuple[str, ...] = ("http-01", "tls-alpn-01")  # in order of preference
+    acme_dns_hook: str | None = None  # PROGRAM present|cleanup DOMAIN VALUE: dns-01, wildcards
     access_team_domain: str = ""  # hosts the Access login pages (e.g. auth.example.com)
 
 
@@ -100,8 +102,10 @@ class EdgeServer(EdgeView):
         self._generation = -1
         self._handshakes = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
         self._registrations = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
-        self.waf = WafEngine.from_file(config.waf_rules) if config.waf_rules else None
+        self.waf = WafEngine.from_file(config.waf_rules) if config.waf_rules else WafEngine()
+        self._waf_records: tuple[WafRuleRecord, ...] | None = None  # managed rules compiled
         self.gate = Gate(config.limits, self.waf)
+        self._waf_gate()
         self.public = PublicContext(
             lookup=self._lookup, registry=self.registry, location=config.location, gate=self.gate
         )
@@ -229,13 +233,20 @@ class EdgeServer(EdgeView):
             box=SecretBox.load_or_create(cfg.state_dir),
             certs=certs,
             issuer=issuer,
-            hostnames=lambda: self.snapshot.routes.keys(),
+            hostnames=self._acme_hostnames,
             renew_before=dt.timedelta(seconds=cfg.acme_renew_before),
             interval=cfg.acme_interval,
             prefer=cfg.acme_challenges,
+            dns_hook=cfg.acme_dns_hook,
+            node=node_id_for(cfg.state_dir),  # the lease holder among nodes sharing the store
         )
         self.public.acme_challenges = self.acme.challenges
         self.acme.start()
+
+    def _acme_hostnames(self) -> list[str]:
+        """Routed names that want a certificate: exact ones, and `*.suffix` for wildcards."""
+        snap = self.snapshot
+        return [*snap.routes.keys(), *("*." + suffix for suffix in snap.wildcards)]
 
     # --- routing snapshot ---------------------------------------------------------------------
 
@@ -249,6 +260,7 @@ class EdgeServer(EdgeView):
             if self.access is not None:
                 await self.access.refresh()  # access apps, tokens, keys, revocations
             self._generation = generation
+            await self._reload_waf()
             for changed in await self.remote_configs.refresh(self.store):
                 for live in self.registry.connections(changed.tunnel_id):
                     if live.accepting:
@@ -259,11 +271,32 @@ class EdgeServer(EdgeView):
                     if isinstance(conn, EdgeTunnelConnection):
                         conn.shutdown()
 
+    async def _reload_waf(self) -> None:
+        """Compile the API-managed WAF rules when they changed (once per change, not per
+        request); a rule that does not compile keeps the previous set."""
+        assert self.store is not None
+        records = tuple(await list_waf_rules(self.store))
+        if records == self._waf_records:
+            return
+        try:
+            rules = compile_records(list(records))
+        except ConfigError as exc:
+            log.error("managed WAF rules not applied, keeping the previous set: %s", exc)
+            return
+        self._waf_records = records
+        self.waf.set_managed(rules)
+        self._waf_gate()
+        log.info("WAF: %d managed rules applied", len(rules))
+
+    def _waf_gate(self) -> None:
+        """Requests only pay for the WAF when there is a rule to run."""
+        self.gate.waf = self.waf if self.waf.ruleset.rules else None
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_interval)
-            if self.waf is not None:
-                self.waf.maybe_reload()
+            if self.waf.maybe_reload():
+                self._waf_gate()
             if self.certs is not None:
                 self.certs.maybe_reload()
             try:

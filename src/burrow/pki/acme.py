@@ -1,5 +1,5 @@
 """ACME client glue (RFC 8555) on top of certbot's `acme` library: obtain a certificate for some
-names with the http-01 challenge.
+names with the http-01, tls-alpn-01 or dns-01 challenge.
 
 The `acme` library is synchronous (requests); callers run `AcmeIssuer.obtain` in a worker thread.
 Challenge responses are handed to a `publish(token, key_authorization)` callback (the edge serves
@@ -173,6 +173,12 @@ class AcmeIssuer:
                 if kind == "http-01":
                     responder.publish_http01(token, key_authz)
                     cleanup.append(functools.partial(responder.withdraw_http01, token))
+                elif kind == "dns-01":
+                    # RFC 8555 8.4: TXT _acme-challenge.<domain> = b64url(SHA-256(key authz));
+                    # for *.example.com the identifier (and so `domain`) is example.com.
+                    value = _b64(hashlib.sha256(key_authz.encode("ascii")).digest())
+                    cleanup.append(functools.partial(responder.withdraw_dns01, domain, value))
+                    responder.publish_dns01(domain, value)
                 else:
                     cert_pem, cert_key = tls_alpn01_certificate(domain, key_authz)
                     responder.publish_tls_alpn01(domain, cert_pem, cert_key)
@@ -198,6 +204,8 @@ class ChallengeResponder(Protocol):
     def withdraw_http01(self, token: str) -> None: ...
     def publish_tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None: ...
     def withdraw_tls_alpn01(self, domain: str) -> None: ...
+    def publish_dns01(self, domain: str, value: str) -> None: ...
+    def withdraw_dns01(self, domain: str, value: str) -> None: ...
 
 
 ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +46,28 @@ class Pebble:
     directory: str
     ca_bundle: Path  # trust for pebble's own HTTPS (the ACME API)
     management: str
+    challtestsrv: str = ""  # pebble-challtestsrv's management API (http://...): TXT records
+
+    def dns_hook(self, path: Path, calls: Path) -> Path:
+        """Write an `--acme-dns-hook` program that publishes dns-01 TXT records in
+        challtestsrv (pebble's DNS server) and appends every call to `calls`."""
+        path.write_text(
+            f"#!{sys.executable}\n"
+            "import json, sys, urllib.request\n"
+            "verb, domain, value = sys.argv[1:4]\n"
+            f"with open({str(calls)!r}, 'a') as fh:\n"
+            "    fh.write(f'{verb} {domain} {value}\\n')\n"
+            "body = {'host': f'_acme-challenge.{domain}.'}\n"
+            "if verb == 'present':\n"
+            "    body['value'] = value\n"
+            "url = "
+            f"{self.challtestsrv!r}"
+            " + ('/set-txt' if verb == 'present' else '/clear-txt')\n"
+            "req = urllib.request.Request(url, data=json.dumps(body).encode(), method='POST')\n"
+            "urllib.request.urlopen(req, timeout=10).read()\n"
+        )
+        path.chmod(0o755)
+        return path
 
     def root_pem(self) -> bytes:
         """The root that pebble signs issued certificates under (regenerated per run)."""
@@ -117,7 +140,12 @@ async def run_pebble(
         drain = asyncio.get_running_loop().create_task(_drain(pebble_proc.stdout))
         drain_dns = asyncio.get_running_loop().create_task(_drain(dns_proc.stdout))
         try:
-            yield Pebble(f"https://127.0.0.1:{api}/dir", bundle, f"https://127.0.0.1:{mgmt}")
+            yield Pebble(
+                f"https://127.0.0.1:{api}/dir",
+                bundle,
+                f"https://127.0.0.1:{mgmt}",
+                f"http://127.0.0.1:{chall_mgmt}",
+            )
         finally:
             drain.cancel()
             drain_dns.cancel()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,12 @@ def compile_rule(expression: str, action: str, **kw: Any) -> Rule:
     )
 
 
+def normalise_hostnames(hostnames: Iterable[str]) -> tuple[str, ...]:
+    """Hostnames as the edge normalises the request host: lower case, no trailing dot."""
+    out = (h.strip().lower().rstrip(".") for h in hostnames)
+    return tuple(dict.fromkeys(h for h in out if h))
+
+
 def parse_rules(data: Any, source: str = "rules") -> RuleSet:
     """Build a RuleSet from decoded YAML: a mapping with `rules:` or a bare list."""
     if data is None:
@@ -128,7 +135,7 @@ def parse_rules(data: Any, source: str = "rules") -> RuleSet:
                 expression,
                 str(item.get("action", "")),
                 id=rule_id,
-                hostnames=frozenset(h.strip().lower().rstrip(".") for h in hostnames),
+                hostnames=frozenset(normalise_hostnames(hostnames)),
                 description=str(item.get("description") or ""),
             )
         except RuleSyntaxError as exc:
@@ -153,10 +160,17 @@ def load_rules_file(path: Path) -> RuleSet:
 
 
 class WafEngine:
-    """The current rule set, optionally backed by a file that is re-read when it changes."""
+    """The current rule set, optionally backed by a file that is re-read when it changes, plus
+    the rules managed through the API (`set_managed`, from the state store).
+
+    The evaluated set is the file's rules first, then the managed ones: the file is this
+    node's local policy (typically `skip` for trusted ranges, or emergency blocks) and keeps
+    precedence over rules anyone with an operator token can add to every node."""
 
     def __init__(self, ruleset: RuleSet | None = None, path: Path | None = None) -> None:
         self.ruleset = ruleset or RuleSet([])
+        self._file_rules: tuple[Rule, ...] = self.ruleset.rules
+        self._managed: tuple[Rule, ...] = ()
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self.blocked = 0
@@ -164,10 +178,14 @@ class WafEngine:
 
     @classmethod
     def from_file(cls, path: Path) -> WafEngine:
-        engine = cls(path=path)
-        engine.ruleset = load_rules_file(path)
+        engine = cls(load_rules_file(path), path=path)
         engine._stamp = engine._file_stamp()
         return engine
+
+    def set_managed(self, rules: list[Rule]) -> None:
+        """Replace the API-managed rules (compiled by the caller once per store change)."""
+        self._managed = tuple(rules)
+        self.ruleset = RuleSet([*self._file_rules, *self._managed])
 
     def _file_stamp(self) -> tuple[int, int] | None:
         assert self.path is not None
@@ -190,7 +208,8 @@ class WafEngine:
         except ConfigError as exc:
             log.error("WAF rules not reloaded, keeping the previous set: %s", exc)
             return False
-        self.ruleset = ruleset
+        self._file_rules = ruleset.rules
+        self.ruleset = RuleSet([*self._file_rules, *self._managed])
         log.info("WAF rules reloaded from %s: %d rules", self.path, len(ruleset.rules))
         return True
 
