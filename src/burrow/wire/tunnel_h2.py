@@ -73,20 +73,47 @@ def _unb64(data: bytes) -> bytes:
         raise RemoteProtocolError("Unable to deserialize headers") from exc
 
 
+# Most response header fields repeat from one response to the next (Content-Type, Server, the
+# Date of the current second): their encoded forms are cached, bounded, on both sides.
+_CACHE_MAX = 2048
+_encoded: dict[tuple[bytes, bytes], bytes] = {}
+_decoded: dict[bytes, tuple[bytes, bytes]] = {}
+
+
 def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """`b64(name):b64(value)` pairs joined by `;`, unpadded standard base64."""
-    return b";".join(_b64(name) + b":" + _b64(value) for name, value in headers)
+    parts = []
+    cache = _encoded
+    for header in headers:
+        pair = cache.get(header)
+        if pair is None:
+            name, value = header
+            pair = _b64(name) + b":" + _b64(value)
+            if len(value) <= 256:
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[(name, value)] = pair
+        parts.append(pair)
+    return b";".join(parts)
 
 
 def deserialize_headers(value: bytes) -> Headers:
     out: Headers = []
+    cache = _decoded
     for pair in value.split(b";"):
-        if not pair:
-            continue
-        parts = pair.split(b":")
-        if len(parts) != 2:
-            raise RemoteProtocolError("Unable to deserialize headers")
-        out.append((_unb64(parts[0]), _unb64(parts[1])))
+        header = cache.get(pair)
+        if header is None:
+            if not pair:
+                continue
+            parts = pair.split(b":")
+            if len(parts) != 2:
+                raise RemoteProtocolError("Unable to deserialize headers")
+            header = (_unb64(parts[0]), _unb64(parts[1]))
+            if len(pair) <= 344:
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[pair] = header
+        out.append(header)
     return out
 
 
