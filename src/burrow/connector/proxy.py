@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from burrow.connector.access_check import AccessChecker
 from burrow.connector.session import ConnectorSession
 from burrow.errors import LocalProtocolError
 from burrow.ingress.config import OriginRequest
@@ -40,6 +39,9 @@ from burrow.wire.tunnel_h2 import (
     origin_response_headers,
 )
 
+if TYPE_CHECKING:
+    from burrow.connector.access_check import AccessChecker
+
 log = logging.getLogger("burrow.connector.proxy")
 
 
@@ -59,8 +61,18 @@ class Dispatcher:
         self.stats = ProxyStats()
         self._pools: dict[Any, OriginPool | H2OriginPool] = {}
         self._ssl: dict[Any, ssl.SSLContext] = {}
-        self.access = AccessChecker()  # originRequest.access (keys fetched on first use)
+        self._access: AccessChecker | None = None  # originRequest.access, made on first use
         self._per_rule: dict[int, tuple[Rule, RelayOptions, dict[bool, Any]]] = {}
+
+    @property
+    def access(self) -> AccessChecker:
+        """The Access JWT checker, imported and built only when a rule requires Access: its
+        dependencies (aiohttp client, joserfc) are ~17 MB of a connector's idle RSS."""
+        if self._access is None:
+            from burrow.connector.access_check import AccessChecker
+
+            self._access = AccessChecker()
+        return self._access
 
     def replace_ingress(self, ingress: Ingress) -> None:
         self.ingress = ingress
