@@ -10,16 +10,15 @@ import os
 import re
 import socket
 from email import message_from_bytes
-from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from access_fixtures import AccessStack, access_stack, cookie_of, raw_request
 
 from burrow.access.service import COOKIE
+from burrow.testing.conformance import require_shared_file
 
 HOSTS = ("app.localhost", "other.localhost", "open.localhost")
-CORPUS = Path("/work/shared/corpora/open-redirects.txt")
 
 
 @pytest.fixture
@@ -355,10 +354,9 @@ async def test_one_time_pin_expiry_and_attempt_lock(stack: AccessStack, smtp_sin
 
 
 def _corpus() -> list[str]:
-    if not CORPUS.exists():
-        pytest.skip(f"{CORPUS} is missing")
+    corpus = require_shared_file("corpora", "open-redirects.txt")
     out = []
-    for line in CORPUS.read_text().splitlines():
+    for line in corpus.read_text().splitlines():
         if line:
             out.append(
                 line.replace("www.whitelisteddomain.tld", "app.localhost").replace(

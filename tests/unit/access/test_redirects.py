@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from burrow.access.redirects import safe_redirect
+from burrow.testing.conformance import require_shared_file
 
-CORPUS = Path("/work/shared/corpora/open-redirects.txt")
 HOST = "app.example.com"
 
 
 def test_corpus_refused_raw_and_encoded() -> None:
-    if not CORPUS.exists():
-        pytest.skip(f"{CORPUS} is missing")
-    lines = [ln for ln in CORPUS.read_text().splitlines() if ln]
+    corpus = require_shared_file("corpora", "open-redirects.txt")
+    lines = [ln for ln in corpus.read_text().splitlines() if ln]
     assert len(lines) > 500
     for line in lines:
         p = line.replace("www.whitelisteddomain.tld", HOST).replace("whitelisteddomain.tld", HOST)

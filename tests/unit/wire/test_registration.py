@@ -6,9 +6,7 @@ import base64
 import hmac
 import ipaddress
 import json
-import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from burrow.errors import LocalProtocolError, RemoteProtocolError
+from burrow.testing.conformance import load_conformance
 from burrow.wire.capnp_schemas import tunnelrpc_schema
 from burrow.wire.registration import (
     REGISTRATION_SERVER_ID,
@@ -39,24 +38,9 @@ from burrow.wire.rpc import ImportedCap, PromisedAnswer, RpcPeer, decode_message
 RECORDED_CONNECTION_UUID = uuid.UUID("a66a37cd-79c6-44d2-b440-b9f55534cac1")
 
 
-def _shared_dir() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[3] / ".." / "shared"]
-    if os.environ.get("BURROW_SHARED_DIR"):
-        candidates.insert(0, Path(os.environ["BURROW_SHARED_DIR"]))
-    for c in candidates:
-        if (c / "conformance" / "control-stream-http2.json").is_file():
-            return c
-    return None
-
-
 @pytest.fixture(scope="module")
 def recording() -> dict[str, Any]:
-    shared = _shared_dir()
-    if shared is None:
-        pytest.skip("conformance data (shared dir) not available")
-    data: dict[str, Any] = json.loads(
-        (shared / "conformance" / "control-stream-http2.json").read_text()
-    )
+    data: dict[str, Any] = load_conformance("control-stream-http2.json")
     return data
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from burrow.errors import RemoteProtocolError
+from burrow.testing.conformance import load_conformance
 from burrow.wire.capnp_schemas import rpc_schema, tunnelrpc_schema
 from burrow.wire.rpc import (
     BootstrapResolved,
@@ -30,24 +28,9 @@ from burrow.wire.rpc import (
 )
 
 
-def _shared_dir() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[3] / ".." / "shared"]
-    if os.environ.get("BURROW_SHARED_DIR"):
-        candidates.insert(0, Path(os.environ["BURROW_SHARED_DIR"]))
-    for c in candidates:
-        if (c / "conformance" / "control-stream-http2.json").is_file():
-            return c
-    return None
-
-
 @pytest.fixture(scope="module")
 def recording() -> dict[str, Any]:
-    shared = _shared_dir()
-    if shared is None:
-        pytest.skip("conformance data (shared dir) not available")
-    data: dict[str, Any] = json.loads(
-        (shared / "conformance" / "control-stream-http2.json").read_text()
-    )
+    data: dict[str, Any] = load_conformance("control-stream-http2.json")
     return data
 
 
