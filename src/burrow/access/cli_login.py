@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import ssl
 import sys
 import time
@@ -25,9 +24,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from burrow.access.tcp_client import AccessError, is_loopback_name, token_dir
+from burrow.access.loopback import loopback_resolver
+from burrow.access.tcp_client import AccessError, token_dir
 from burrow.access.transfer import ClientKey, TransferError, b64u, fingerprint, transfer_id
 
 POLL_INTERVAL = 1.0
@@ -61,39 +60,12 @@ class AppURL:
         return cls(parts.scheme, host, parts.netloc.rsplit("@", 1)[-1], parts.path or "/")
 
 
-class _LoopbackResolver(AbstractResolver):
-    """Names under `.localhost` are loopback (RFC 6761), as curl and browsers treat them;
-    everything else goes to the system resolver."""
-
-    def __init__(self) -> None:
-        self._system = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if is_loopback_name(host):
-            return [
-                ResolveResult(
-                    hostname=host,
-                    host="127.0.0.1",
-                    port=port,
-                    family=socket.AF_INET,
-                    proto=0,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            ]
-        return await self._system.resolve(host, port, family)
-
-    async def close(self) -> None:
-        await self._system.close()
-
-
 def _session(cacert: str | None) -> aiohttp.ClientSession:
     ctx = ssl.create_default_context()
     if cacert:
         ctx.load_verify_locations(cafile=cacert)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx, resolver=_LoopbackResolver()),
+        connector=aiohttp.TCPConnector(ssl=ctx, resolver=loopback_resolver()),
         timeout=aiohttp.ClientTimeout(total=15),
     )
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from burrow import __version__
+from burrow.access.loopback import is_loopback_name
 from burrow.errors import BurrowError
 from burrow.wire import http1
 from burrow.wire import websocket as ws
@@ -108,12 +109,6 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
         host, port = text.split(":")
         return host, int(port) if port else None
     return text, None
-
-
-def is_loopback_name(host: str) -> bool:
-    """`localhost` and names under `.localhost` (RFC 6761) resolve to loopback, as in curl."""
-    host = host.lower().rstrip(".")
-    return host == "localhost" or host.endswith(".localhost")
 
 
 def make_target(

@@ -22,18 +22,17 @@ import asyncio
 import collections
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from burrow.access.loopback import loopback_resolver
 from burrow.ingress.config import AccessConfig
 from burrow.net.h2conn import H2Stream, Headers
 
@@ -57,33 +56,6 @@ def team_issuer(team_name: str) -> str:
 
 def certs_url(cfg: AccessConfig) -> str:
     return cfg.certs_url or team_issuer(cfg.team_name) + "/cdn-cgi/access/certs"
-
-
-class _LoopbackResolver(AbstractResolver):
-    """`*.localhost` is loopback (RFC 6761), as for browsers and curl."""
-
-    def __init__(self) -> None:
-        self._system = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        h = host.lower().rstrip(".")
-        if h == "localhost" or h.endswith(".localhost"):
-            return [
-                ResolveResult(
-                    hostname=host,
-                    host="127.0.0.1",
-                    port=port,
-                    family=socket.AF_INET,
-                    proto=0,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            ]
-        return await self._system.resolve(host, port, family)
-
-    async def close(self) -> None:
-        await self._system.close()
 
 
 class TeamKeys:
@@ -149,7 +121,7 @@ class TeamKeys:
             ctx.load_verify_locations(cafile=self.ca_file)
         try:
             async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ctx, resolver=_LoopbackResolver()),
+                connector=aiohttp.TCPConnector(ssl=ctx, resolver=loopback_resolver()),
                 timeout=aiohttp.ClientTimeout(total=10),
             ) as http:
                 async with http.get(self.url, allow_redirects=False) as resp:

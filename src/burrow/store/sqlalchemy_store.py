@@ -239,7 +239,9 @@ def _head_revision() -> str | None:
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        fields = dict(m.groups() for m in _REVISION_RE.finditer(path.read_text()))
+        fields: dict[str, str] = {
+            str(m.group(1)): str(m.group(2)) for m in _REVISION_RE.finditer(path.read_text())
+        }
         rev, down = fields.get("revision", ""), fields.get("down_revision", "")
         if not (rev[:1] in "'\"" and rev[-1:] == rev[:1] and len(rev) > 2):
             return None

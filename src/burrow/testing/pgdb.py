@@ -48,24 +48,26 @@ def edges_use_postgres() -> bool:
 
 @contextlib.asynccontextmanager
 async def fresh_database(prefix: str = "burrow_test") -> AsyncIterator[str]:
-    """A new, empty database (dropped afterwards); yields its SQLAlchemy URL."""
+    """A new, empty database, dropped afterwards; yields its SQLAlchemy URL."""
     import asyncpg
 
-    base = make_url(PG_URL)
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(
-        host=base.host,
-        port=base.port,
-        user=base.username,
-        password=base.password,
-        database=base.database,
-    )
+    url = await create_database(prefix)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        base = make_url(PG_URL)
+        admin = await asyncpg.connect(
+            host=base.host,
+            port=base.port,
+            user=base.username,
+            password=base.password,
+            database=base.database,
+        )
+        try:
+            name = make_url(url).database
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @contextlib.asynccontextmanager
