@@ -30,9 +30,10 @@ async def _post_chunked(stack: TunnelStack) -> int:
         yield b"part one "
         yield b"part two"
 
-    async with aiohttp.ClientSession() as s, s.post(
-        stack.url("/"), data=body(), headers={"Host": "app.localhost"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(stack.url("/"), data=body(), headers={"Host": "app.localhost"}) as r,
+    ):
         await r.read()
         return r.status
 

@@ -76,8 +76,12 @@ def build_edge_config(
     cfg = EdgeConfig()
     if state_dir or file.get("state-dir"):
         cfg.state_dir = Path(state_dir or file["state-dir"]).expanduser()
-    cfg.tunnel_listen = split_list(tunnel_listen) or _as_list(file.get("tunnel-listen")) or cfg.tunnel_listen
-    cfg.http_listen = split_list(http_listen) or _as_list(file.get("http-listen")) or cfg.http_listen
+    cfg.tunnel_listen = (
+        split_list(tunnel_listen) or _as_list(file.get("tunnel-listen")) or cfg.tunnel_listen
+    )
+    cfg.http_listen = (
+        split_list(http_listen) or _as_list(file.get("http-listen")) or cfg.http_listen
+    )
     cfg.admin_listen = admin_listen or file.get("admin-listen", cfg.admin_listen)
     extra = split_list(names) or _as_list(file.get("names"))
     if extra:
@@ -96,35 +100,107 @@ def build_edge_config(
 def serve(
     config: Path = typer.Option(None, "--config", help="YAML file with the same settings."),
     state_dir: Path = typer.Option(None, "--state-dir", help="Default ~/.local/share/burrow/edge."),
-    tunnel_listen: list[str] = typer.Option(None, "--tunnel-listen", help="ADDR:PORT, repeatable (default 0.0.0.0:7844)."),
-    http_listen: list[str] = typer.Option(None, "--http-listen", help="Public HTTP ADDR:PORT (default 0.0.0.0:8080)."),
-    admin_listen: str = typer.Option(None, "--admin-listen", help="Admin ADDR:PORT (default 127.0.0.1:7845)."),
-    name: list[str] = typer.Option(None, "--name", help="Extra DNS name or IP for the tunnel certificate."),
+    tunnel_listen: list[str] = typer.Option(
+        None, "--tunnel-listen", help="ADDR:PORT, repeatable (default 0.0.0.0:7844)."
+    ),
+    http_listen: list[str] = typer.Option(
+        None, "--http-listen", help="Public HTTP ADDR:PORT (default 0.0.0.0:8080)."
+    ),
+    admin_listen: str = typer.Option(
+        None, "--admin-listen", help="Admin ADDR:PORT (default 127.0.0.1:7845)."
+    ),
+    name: list[str] = typer.Option(
+        None, "--name", help="Extra DNS name or IP for the tunnel certificate."
+    ),
     location: str = typer.Option(None, "--location", help="Location label reported to connectors."),
-    store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL", help="SQLAlchemy URL of the state store."),
+    store_url: str = typer.Option(
+        None, "--store-url", envvar="BURROW_STORE_URL", help="SQLAlchemy URL of the state store."
+    ),
     loglevel: str = typer.Option("info", "--loglevel"),
     output: str = typer.Option("text", "--output", help="Log format: text or json."),
-    logfile: str = typer.Option(None, "--logfile", help="Write logs to this file instead of stderr."),
-    grace_period: float = typer.Option(None, "--grace-period", help="Seconds in-flight requests get on shutdown (default 30)."),
-    header_timeout: float = typer.Option(None, "--header-timeout", help="Seconds an eyeball gets to send a request head (default 30)."),
-    idle_timeout: float = typer.Option(None, "--idle-timeout", help="Seconds an idle keep-alive connection stays open (default 120)."),
-    max_conns_per_ip: int = typer.Option(None, "--max-conns-per-ip", help="Open eyeball connections per source address (default 512, 0 = no limit)."),
-    rate_per_ip: str = typer.Option(None, "--rate-per-ip", help="Requests per second per source address, RATE or RATE/BURST (default off)."),
-    rate_per_host: str = typer.Option(None, "--rate-per-host", help="Requests per second per hostname, RATE or RATE/BURST (default off)."),
-    max_body: str = typer.Option(None, "--max-body", help="Request body limit, e.g. 100M (default none)."),
-    body_limit: list[str] = typer.Option(None, "--body-limit", help="Per-hostname body limit HOST=SIZE (repeatable)."),
-    max_streams_per_tunnel: int = typer.Option(None, "--max-streams-per-tunnel", help="Concurrent requests per tunnel (default 0 = no limit)."),
-    waf_rules: Path = typer.Option(None, "--waf-rules", help="YAML file of WAF custom rules (re-read when it changes)."),
-    https_listen: list[str] = typer.Option(None, "--https-listen", help="Public HTTPS ADDR:PORT (repeatable; default off, port 443)."),
-    tls_cert: list[Path] = typer.Option(None, "--tls-cert", help="Certificate chain PEM for HTTPS (repeatable; chosen by SNI)."),
-    tls_key: list[Path] = typer.Option(None, "--tls-key", help="Private key PEM for the --tls-cert at the same position."),
-    redirect_https: bool = typer.Option(False, "--redirect-https", help="Redirect plain HTTP requests to HTTPS."),
-    acme_directory: str = typer.Option(None, "--acme-directory", help="ACME directory URL: get certificates for routed hostnames automatically (http-01)."),
-    acme_email: str = typer.Option(None, "--acme-email", help="Contact e-mail for the ACME account."),
-    acme_ca_bundle: Path = typer.Option(None, "--acme-ca-bundle", help="CA file trusted for the ACME server's HTTPS (test CAs)."),
-    acme_challenge: list[str] = typer.Option(None, "--acme-challenge", help="ACME challenge types in order of preference (repeatable): http-01, tls-alpn-01, dns-01 (default http-01 then tls-alpn-01)."),
-    acme_dns_hook: str = typer.Option(None, "--acme-dns-hook", help="PROGRAM run as 'PROGRAM present|cleanup DOMAIN VALUE' to publish dns-01 TXT records: certificates for wildcard routes."),
-    team_domain: str = typer.Option(None, "--team-domain", help="Hostname serving the Access login pages (e.g. auth.example.com)."),
+    logfile: str = typer.Option(
+        None, "--logfile", help="Write logs to this file instead of stderr."
+    ),
+    grace_period: float = typer.Option(
+        None, "--grace-period", help="Seconds in-flight requests get on shutdown (default 30)."
+    ),
+    header_timeout: float = typer.Option(
+        None,
+        "--header-timeout",
+        help="Seconds an eyeball gets to send a request head (default 30).",
+    ),
+    idle_timeout: float = typer.Option(
+        None,
+        "--idle-timeout",
+        help="Seconds an idle keep-alive connection stays open (default 120).",
+    ),
+    max_conns_per_ip: int = typer.Option(
+        None,
+        "--max-conns-per-ip",
+        help="Open eyeball connections per source address (default 512, 0 = no limit).",
+    ),
+    rate_per_ip: str = typer.Option(
+        None,
+        "--rate-per-ip",
+        help="Requests per second per source address, RATE or RATE/BURST (default off).",
+    ),
+    rate_per_host: str = typer.Option(
+        None,
+        "--rate-per-host",
+        help="Requests per second per hostname, RATE or RATE/BURST (default off).",
+    ),
+    max_body: str = typer.Option(
+        None, "--max-body", help="Request body limit, e.g. 100M (default none)."
+    ),
+    body_limit: list[str] = typer.Option(
+        None, "--body-limit", help="Per-hostname body limit HOST=SIZE (repeatable)."
+    ),
+    max_streams_per_tunnel: int = typer.Option(
+        None,
+        "--max-streams-per-tunnel",
+        help="Concurrent requests per tunnel (default 0 = no limit).",
+    ),
+    waf_rules: Path = typer.Option(
+        None, "--waf-rules", help="YAML file of WAF custom rules (re-read when it changes)."
+    ),
+    https_listen: list[str] = typer.Option(
+        None, "--https-listen", help="Public HTTPS ADDR:PORT (repeatable; default off, port 443)."
+    ),
+    tls_cert: list[Path] = typer.Option(
+        None, "--tls-cert", help="Certificate chain PEM for HTTPS (repeatable; chosen by SNI)."
+    ),
+    tls_key: list[Path] = typer.Option(
+        None, "--tls-key", help="Private key PEM for the --tls-cert at the same position."
+    ),
+    redirect_https: bool = typer.Option(
+        False, "--redirect-https", help="Redirect plain HTTP requests to HTTPS."
+    ),
+    acme_directory: str = typer.Option(
+        None,
+        "--acme-directory",
+        help="ACME directory URL: get certificates for routed hostnames automatically (http-01).",
+    ),
+    acme_email: str = typer.Option(
+        None, "--acme-email", help="Contact e-mail for the ACME account."
+    ),
+    acme_ca_bundle: Path = typer.Option(
+        None, "--acme-ca-bundle", help="CA file trusted for the ACME server's HTTPS (test CAs)."
+    ),
+    acme_challenge: list[str] = typer.Option(
+        None,
+        "--acme-challenge",
+        help="ACME challenge types in order of preference (repeatable): http-01, tls-alpn-01, dns-01 (default http-01 then tls-alpn-01).",
+    ),
+    acme_dns_hook: str = typer.Option(
+        None,
+        "--acme-dns-hook",
+        help="PROGRAM run as 'PROGRAM present|cleanup DOMAIN VALUE' to publish dns-01 TXT records: certificates for wildcard routes.",
+    ),
+    team_domain: str = typer.Option(
+        None,
+        "--team-domain",
+        help="Hostname serving the Access login pages (e.g. auth.example.com).",
+    ),
 ) -> None:
     """Run the edge."""
 
@@ -185,12 +261,20 @@ async def _open(state_dir: Path, store_url: str | None) -> SQLStore:
 @tunnel_cmd.command("create")
 def tunnel_create(
     name: str = typer.Argument(..., help="Tunnel name (unique in the account)."),
-    hostname: list[str] = typer.Option(None, "--hostname", help="Route this hostname to the tunnel (repeatable)."),
+    hostname: list[str] = typer.Option(
+        None, "--hostname", help="Route this hostname to the tunnel (repeatable)."
+    ),
     state_dir: Path = typer.Option(None, "--state-dir"),
     store_url: str = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL"),
-    edge_address: list[str] = typer.Option(None, "--edge-address", help="Edge tunnel address(es) to put in the token."),
-    credentials_file: Path = typer.Option(None, "--credentials-file", help="Where to write the credentials JSON."),
-    as_json: bool = typer.Option(False, "--json", help="Print {id, name, token, credentials_file}."),
+    edge_address: list[str] = typer.Option(
+        None, "--edge-address", help="Edge tunnel address(es) to put in the token."
+    ),
+    credentials_file: Path = typer.Option(
+        None, "--credentials-file", help="Where to write the credentials JSON."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print {id, name, token, credentials_file}."
+    ),
 ) -> None:
     """Create a tunnel, route hostnames to it, write its credentials and print its token."""
 

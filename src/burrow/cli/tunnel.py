@@ -89,23 +89,70 @@ def run(
     credentials_file: Path = typer.Option(
         None, "--credentials-file", "--cred-file", envvar="TUNNEL_CRED_FILE"
     ),
-    origincert: Path = typer.Option(None, "--origincert", envvar="TUNNEL_ORIGIN_CERT", help="cert.pem: looks a tunnel NAME up, supplies edge address and CA."),
-    edge: list[str] = typer.Option(None, "--edge", envvar="TUNNEL_EDGE", help="Edge HOST:PORT, repeatable."),
-    cacert: Path = typer.Option(None, "--cacert", envvar="TUNNEL_CACERT", help="Trust only this CA for the edge."),
+    origincert: Path = typer.Option(
+        None,
+        "--origincert",
+        envvar="TUNNEL_ORIGIN_CERT",
+        help="cert.pem: looks a tunnel NAME up, supplies edge address and CA.",
+    ),
+    edge: list[str] = typer.Option(
+        None, "--edge", envvar="TUNNEL_EDGE", help="Edge HOST:PORT, repeatable."
+    ),
+    cacert: Path = typer.Option(
+        None, "--cacert", envvar="TUNNEL_CACERT", help="Trust only this CA for the edge."
+    ),
     url: str = typer.Option(None, "--url", envvar="TUNNEL_URL", help="Single origin URL."),
     hello_world: bool = typer.Option(None, "--hello-world", help="Serve the built-in test origin."),
-    origin_ca_pool: Path = typer.Option(None, "--origin-ca-pool", envvar="TUNNEL_ORIGIN_CA_POOL", help="One more CA (PEM) to trust for HTTPS origins."),
+    origin_ca_pool: Path = typer.Option(
+        None,
+        "--origin-ca-pool",
+        envvar="TUNNEL_ORIGIN_CA_POOL",
+        help="One more CA (PEM) to trust for HTTPS origins.",
+    ),
     config: Path = typer.Option(None, "--config", help="cloudflared-style config.yml."),
-    ha_connections: int = typer.Option(None, "--ha-connections", help="Connections to the edge (default 4)."),
-    grace_period: str = typer.Option(None, "--grace-period", envvar="TUNNEL_GRACE_PERIOD", help="Time to finish in-flight requests on shutdown, e.g. 30s (default 30s)."),
-    retries: int = typer.Option(None, "--retries", envvar="TUNNEL_RETRIES", help="Connection attempts at start-up before giving up (default 5)."),
-    rehome_interval: float = typer.Option(10.0, "--rehome-interval", hidden=True, help="Seconds between attempts to move a connection back to its own edge address."),
-    metrics: str = typer.Option(None, "--metrics", envvar="TUNNEL_METRICS", help="ADDR:PORT serving /metrics, /ready, /healthcheck, /config."),
-    protocol: str = typer.Option(None, "--protocol", envvar="TUNNEL_TRANSPORT_PROTOCOL", help="http2 (default) or auto."),
-    loglevel: str = typer.Option(None, "--loglevel", envvar="TUNNEL_LOGLEVEL", help="debug, info (default), warn, error."),
-    output: str = typer.Option(None, "--output", envvar="TUNNEL_MANAGEMENT_OUTPUT", help="Log format: text (default) or json."),
+    ha_connections: int = typer.Option(
+        None, "--ha-connections", help="Connections to the edge (default 4)."
+    ),
+    grace_period: str = typer.Option(
+        None,
+        "--grace-period",
+        envvar="TUNNEL_GRACE_PERIOD",
+        help="Time to finish in-flight requests on shutdown, e.g. 30s (default 30s).",
+    ),
+    retries: int = typer.Option(
+        None,
+        "--retries",
+        envvar="TUNNEL_RETRIES",
+        help="Connection attempts at start-up before giving up (default 5).",
+    ),
+    rehome_interval: float = typer.Option(
+        10.0,
+        "--rehome-interval",
+        hidden=True,
+        help="Seconds between attempts to move a connection back to its own edge address.",
+    ),
+    metrics: str = typer.Option(
+        None,
+        "--metrics",
+        envvar="TUNNEL_METRICS",
+        help="ADDR:PORT serving /metrics, /ready, /healthcheck, /config.",
+    ),
+    protocol: str = typer.Option(
+        None, "--protocol", envvar="TUNNEL_TRANSPORT_PROTOCOL", help="http2 (default) or auto."
+    ),
+    loglevel: str = typer.Option(
+        None, "--loglevel", envvar="TUNNEL_LOGLEVEL", help="debug, info (default), warn, error."
+    ),
+    output: str = typer.Option(
+        None,
+        "--output",
+        envvar="TUNNEL_MANAGEMENT_OUTPUT",
+        help="Log format: text (default) or json.",
+    ),
     logfile: str = typer.Option(None, "--logfile", envvar="TUNNEL_LOGFILE"),
-    no_autoupdate: bool = typer.Option(False, "--no-autoupdate", help="Accepted for cloudflared compatibility."),
+    no_autoupdate: bool = typer.Option(
+        False, "--no-autoupdate", help="Accepted for cloudflared compatibility."
+    ),
 ) -> None:
     """Run the connector: dial the edge and proxy requests to the origin(s)."""
 
@@ -124,7 +171,9 @@ def run(
             typer.echo(warning, err=True)
         proto = str(pick(protocol, raw, "protocol", "http2"))
         if proto not in ("http2", "auto"):
-            raise ConfigError(f"protocol {proto!r} is not supported by burrow's connector (use http2)")
+            raise ConfigError(
+                f"protocol {proto!r} is not supported by burrow's connector (use http2)"
+            )
         cred_path: Path | None = credentials_file
         ref, cert = tunnel, None
         if (ref or raw.get("tunnel")) and not (token or raw.get("token")):
@@ -162,7 +211,9 @@ def run(
             rehome_interval=rehome_interval,
             local_config={"ingress": [_rule_json(r) for r in ingress.rules]},
             # Ingress from the file is reloaded on SIGHUP and when the file changes.
-            config_path=cfg.source if cfg is not None and cfg.source and ingress_from_file else None,
+            config_path=cfg.source
+            if cfg is not None and cfg.source and ingress_from_file
+            else None,
             watch_config=True,
             origin_ca_pool=str(Path(str(ca_pool)).expanduser()) if ca_pool else None,
         )
@@ -217,4 +268,3 @@ def _rule_json(rule: Any) -> dict[str, str]:
     if rule.path is not None:
         out["path"] = rule.path.pattern
     return out
-

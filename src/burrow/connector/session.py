@@ -112,7 +112,9 @@ class _ConfigHandler:
 
     def on_end(self, stream: H2Stream) -> None:
         apply = self.session.apply_remote_config
-        version, err = apply(bytes(self.body)) if apply else (-1, "remote configuration unsupported")
+        version, err = (
+            apply(bytes(self.body)) if apply else (-1, "remote configuration unsupported")
+        )
         body = json.dumps({"lastAppliedVersion": version, "err": err}).encode()
         stream.send_headers(
             [(b":status", b"200"), (b"content-type", b"application/json")], end_stream=False

@@ -26,9 +26,7 @@ class KeyedRateLimiter:
         self.burst = burst
         self.max_keys = max_keys
         self._clock = clock
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = (
-            collections.OrderedDict()
-        )
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def allow(self, key: str) -> bool:
         now = self._clock()

@@ -1,7 +1,7 @@
 """An in-process edge + connector (+ origin) on loopback, for tests and benchmarks.
 
-    async with TunnelStack.start(tmp_path, ingress=...) as stack:
-        url = stack.url("/echo")          # http://127.0.0.1:PORT/echo, send Host: stack.host
+async with TunnelStack.start(tmp_path, ingress=...) as stack:
+    url = stack.url("/echo")          # http://127.0.0.1:PORT/echo, send Host: stack.host
 """
 
 from __future__ import annotations
