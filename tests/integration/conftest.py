@@ -5,8 +5,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from burrow.ingress.rules import Ingress
+from burrow.origin.hello import serve_app
 from burrow.testing.harness import TunnelStack
-from burrow.testing.origins import start_test_origin
+from burrow.testing.origins import named_origin_app, start_test_origin
 
 
 @pytest.fixture
@@ -32,3 +33,20 @@ async def stack(tmp_path, origin_port) -> AsyncIterator[TunnelStack]:
     ) as s:
         s.extra["origin_port"] = origin_port
         yield s
+
+
+@pytest.fixture
+async def origins() -> AsyncIterator[dict[str, int]]:
+    """The test origin ("stream") and two origins that answer "one" and "two"."""
+    runners = []
+    ports: dict[str, int] = {}
+    runner, ports["stream"] = await start_test_origin()
+    runners.append(runner)
+    for name in ("one", "two"):
+        runner, ports[name] = await serve_app(named_origin_app(name))
+        runners.append(runner)
+    try:
+        yield ports
+    finally:
+        for runner in runners:
+            await runner.cleanup()

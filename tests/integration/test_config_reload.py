@@ -10,51 +10,19 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 
 from burrow.connector.credentials import TunnelCredentials, write_credentials_file
 from burrow.testing.harness import provision, start_edge
-from burrow.testing.origins import start_test_origin
 
 HOST = {"Host": "app.localhost"}
 # `python -m burrow.cli.main` would load the CLI module twice; call its entry point instead.
 BURROW = (sys.executable, "-c", "from burrow.cli.main import main; main()")
-
-
-def _named(name: str) -> web.Application:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
-@pytest.fixture
-async def origins() -> AsyncIterator[dict[str, int]]:
-    runners = []
-    ports: dict[str, int] = {}
-    runner, ports["stream"] = await start_test_origin()
-    runners.append(runner)
-    for name in ("one", "two"):
-        r = web.AppRunner(_named(name), access_log=None)
-        await r.setup()
-        site = web.TCPSite(r, "127.0.0.1", 0)
-        await site.start()
-        ports[name] = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        runners.append(r)
-    try:
-        yield ports
-    finally:
-        for r in runners:
-            await r.cleanup()
 
 
 def _ingress(ports: dict[str, int], app: str) -> list[dict[str, Any]]:

@@ -13,20 +13,13 @@ import aiohttp
 from aiohttp import web
 
 from burrow.ingress.rules import Ingress
+from burrow.origin.hello import serve_app
 from burrow.testing.harness import provision, start_connector, start_edge
+from burrow.testing.origins import named_origin_app
 
 
 async def _named_origin(name: str) -> tuple[web.AppRunner, int]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    return await serve_app(named_origin_app(name))
 
 
 def _config(port: int, **origin: Any) -> dict[str, Any]:

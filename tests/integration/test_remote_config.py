@@ -7,49 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
 
 from burrow.ingress.rules import Ingress
 from burrow.store.tunnel_configs import get_tunnel_config, set_tunnel_config
 from burrow.testing.harness import TunnelStack, start_connector
-from burrow.testing.origins import start_test_origin
 
 HOST = {"Host": "app.localhost"}
-
-
-def _named(name: str) -> web.Application:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
-@pytest.fixture
-async def origins() -> AsyncIterator[dict[str, int]]:
-    runners = []
-    ports: dict[str, int] = {}
-    runner, ports["stream"] = await start_test_origin()
-    runners.append(runner)
-    for name in ("one", "two"):
-        r = web.AppRunner(_named(name), access_log=None)
-        await r.setup()
-        site = web.TCPSite(r, "127.0.0.1", 0)
-        await site.start()
-        ports[name] = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        runners.append(r)
-    try:
-        yield ports
-    finally:
-        for r in runners:
-            await r.cleanup()
 
 
 def _config(ports: dict[str, int], app: str, **origin: Any) -> dict[str, Any]:

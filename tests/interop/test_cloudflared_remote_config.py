@@ -29,8 +29,10 @@ from aiohttp import web
 from burrow.edge.server import EdgeServer
 from burrow.edge.tunnel_conn import EdgeTunnelConnection
 from burrow.net.listen import format_hostport
+from burrow.origin.hello import serve_app
 from burrow.store.tunnel_configs import get_tunnel_config, set_tunnel_config
 from burrow.testing.harness import provision, start_edge
+from burrow.testing.origins import named_origin_app
 
 CLOUDFLARED_BIN = os.environ.get("CLOUDFLARED_BIN", "")
 
@@ -45,31 +47,18 @@ pytestmark = [
 HOST = "app.localhost"
 
 
-def _named(name: str) -> web.Application:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
 @pytest.fixture
 async def origins() -> AsyncIterator[dict[str, int]]:
     runners: list[web.AppRunner] = []
     ports: dict[str, int] = {}
     for name in ("one", "two", "three"):
-        r = web.AppRunner(_named(name), access_log=None)
-        await r.setup()
-        site = web.TCPSite(r, "127.0.0.1", 0)
-        await site.start()
-        ports[name] = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        runners.append(r)
+        runner, ports[name] = await serve_app(named_origin_app(name))
+        runners.append(runner)
     try:
         yield ports
     finally:
-        for r in runners:
-            await r.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
 
 def _config(port: int, **origin: Any) -> dict[str, Any]:

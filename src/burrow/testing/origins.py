@@ -116,3 +116,14 @@ def test_origin_app() -> web.Application:
 
 async def start_test_origin(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     return await serve_app(test_origin_app(), host, port)
+
+
+def named_origin_app(name: str) -> web.Application:
+    """An origin that answers every request with its own name (to see where a rule routed)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=name)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
