@@ -5,7 +5,6 @@ BURROW_TEST_PG_URL is set."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from burrow.errors import ConfigError, Conflict, NotFound
@@ -30,9 +28,9 @@ from burrow.store.records import (
 )
 from burrow.store.secrets import hash_secret, parse_api_token, verify_secret
 from burrow.store.sqlalchemy_store import MIGRATIONS_DIR, SQLStore
+from burrow.testing.pgdb import PG_URL, fresh_database
 
 HASH = hash_secret(bytes(range(32)))
-PG_URL = os.environ.get("BURROW_TEST_PG_URL", "")
 
 
 @contextlib.asynccontextmanager
@@ -42,22 +40,8 @@ async def _database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         return
     if not PG_URL:
         pytest.skip("BURROW_TEST_PG_URL not set")
-    asyncpg = pytest.importorskip("asyncpg")
-    base = make_url(PG_URL)
-    name = f"burrow_cp_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(
-        host=base.host,
-        port=base.port,
-        user=base.username,
-        password=base.password,
-        database=base.database,
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database("burrow_cp") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

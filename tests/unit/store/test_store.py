@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import stat
@@ -12,13 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from burrow.errors import ConfigError, Conflict, NotFound, StoreError
 from burrow.store.interface import Store
 from burrow.store.records import RoutingSnapshot, TunnelAuthRecord, normalize_hostname
 from burrow.store.secrets import hash_secret, verify_secret
 from burrow.store.sqlalchemy_store import SQLStore
+from burrow.testing.pgdb import PG_URL, fresh_database
 
 SECRET = bytes(range(32))
 HASH = hash_secret(SECRET)
@@ -26,30 +25,6 @@ HASH = hash_secret(SECRET)
 
 def _url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
-
-
-PG_URL = os.environ.get("BURROW_TEST_PG_URL", "")
-
-
-@contextlib.asynccontextmanager
-async def _fresh_pg_database() -> AsyncIterator[str]:
-    """A throw-away database on the server named by BURROW_TEST_PG_URL."""
-    asyncpg = pytest.importorskip("asyncpg")
-    base = make_url(PG_URL)
-    name = f"burrow_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(
-        host=base.host,
-        port=base.port,
-        user=base.username,
-        password=base.password,
-        database=base.database,
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -63,7 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     if not PG_URL:
         pytest.skip("BURROW_TEST_PG_URL not set")
-    async with _fresh_pg_database() as url:
+    async with fresh_database() as url:
         s = await SQLStore.open(url)
         try:
             yield s
@@ -377,7 +352,7 @@ async def test_bad_url_gives_store_error() -> None:
 
 @pytest.mark.skipif(not os.environ.get("BURROW_TEST_PG_URL"), reason="BURROW_TEST_PG_URL not set")
 async def test_postgres_roundtrip() -> None:
-    async with _fresh_pg_database() as url:
+    async with fresh_database() as url:
         await _pg_roundtrip(url)
 
 
