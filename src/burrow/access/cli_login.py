@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import ssl
 import sys
 import time
@@ -28,6 +27,7 @@ import aiohttp
 from burrow.access.loopback import loopback_resolver
 from burrow.access.tcp_client import AccessError, token_dir
 from burrow.access.transfer import ClientKey, TransferError, b64u, fingerprint, transfer_id
+from burrow.private_files import write_atomic
 
 POLL_INTERVAL = 1.0
 LOGIN_TIMEOUT = 300.0
@@ -79,14 +79,7 @@ def store_token(host: str, token: str) -> Path:
     directory = token_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = token_path(host)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, token.encode("ascii") + b"\n")
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, token.encode("ascii") + b"\n", mode=0o600)
     return path
 
 

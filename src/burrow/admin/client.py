@@ -19,7 +19,6 @@ import binascii
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ if TYPE_CHECKING:  # imported when used: `burrow tunnel run` loads this module b
     import aiohttp
 
 from burrow.errors import BurrowError, ConfigError
+from burrow.private_files import write_atomic
 
 __all__ = [
     "CERT_PEM_TYPE",
@@ -211,20 +211,13 @@ def write_origin_cert(path: Path, cert: OriginCert) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encode_origin_cert(cert))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)  # fails rather than replace a file that appeared meanwhile
+        # replace=False: fail rather than replace a file that appeared meanwhile
+        write_atomic(path, encode_origin_cert(cert), mode=0o600, replace=False)
     except FileExistsError:
         raise ConfigError(f"{path} appeared while logging in; not replacing it") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ApiCallError(BurrowError):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from burrow.errors import ConfigError
+from burrow.private_files import write_atomic
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -168,25 +168,10 @@ def write_credentials_file(path: Path | str, creds: TunnelCredentials) -> None:
         "Endpoint": creds.endpoint,
     }
     data = json.dumps(body).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
-        )
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write credentials file {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write credentials file {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- token ------------------------------------------------------------------------------------

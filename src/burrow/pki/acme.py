@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from burrow.errors import BurrowError, ConfigError
+from burrow.private_files import write_atomic
 
 log = logging.getLogger("burrow.acme")
 
@@ -59,10 +60,7 @@ def load_or_create_account_key(path: Path) -> bytes:
         serialization.NoEncryption(),
     )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as fh:
-        fh.write(pem)
-    tmp.replace(path)
+    write_atomic(path, pem, mode=0o600)
     return pem
 
 

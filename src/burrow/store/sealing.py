@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from burrow.errors import ConfigError
+from burrow.private_files import write_atomic
 
 __all__ = ["KEY_FILE", "SecretBox"]
 
@@ -50,16 +50,15 @@ class SecretBox:
             raise ConfigError(f"cannot read sealing key {path}: {exc.strerror or exc}") from None
         if not raw:
             key = secrets.token_bytes(32)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(base64.b64encode(key) + b"\n")
             try:
-                os.link(tmp, path)  # never replace a key another process just wrote
+                # never replace a key another process just wrote
+                write_atomic(path, base64.b64encode(key) + b"\n", mode=0o600, replace=False)
             except FileExistsError:
                 pass
-            finally:
-                tmp.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write sealing key {path}: {exc.strerror or exc}"
+                ) from None
             raw = path.read_bytes()
         try:
             return cls(base64.b64decode(raw.strip(), validate=True))
