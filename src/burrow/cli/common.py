@@ -32,6 +32,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def as_list(value: Any) -> list[str]:
+    """A config-file value that may be one string or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
 def split_list(values: list[str] | None) -> list[str]:
     """Repeatable options that may also come comma-separated (environment variables)."""
     out: list[str] = []

@@ -9,7 +9,14 @@ from typing import Any
 import typer
 import yaml
 
-from burrow.cli.common import fail, handle_errors, run_async, serve_until_signal, split_list
+from burrow.cli.common import (
+    as_list,
+    fail,
+    handle_errors,
+    run_async,
+    serve_until_signal,
+    split_list,
+)
 from burrow.cli.edge_front import FrontDoorOptions, apply_front_door
 from burrow.cli.main import edge_app
 from burrow.connector.credentials import write_credentials_file
@@ -53,14 +60,6 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
 def build_edge_config(
     config: Path | None,
     state_dir: Path | None,
@@ -77,13 +76,11 @@ def build_edge_config(
     if state_dir or file.get("state-dir"):
         cfg.state_dir = Path(state_dir or file["state-dir"]).expanduser()
     cfg.tunnel_listen = (
-        split_list(tunnel_listen) or _as_list(file.get("tunnel-listen")) or cfg.tunnel_listen
+        split_list(tunnel_listen) or as_list(file.get("tunnel-listen")) or cfg.tunnel_listen
     )
-    cfg.http_listen = (
-        split_list(http_listen) or _as_list(file.get("http-listen")) or cfg.http_listen
-    )
+    cfg.http_listen = split_list(http_listen) or as_list(file.get("http-listen")) or cfg.http_listen
     cfg.admin_listen = admin_listen or file.get("admin-listen", cfg.admin_listen)
-    extra = split_list(names) or _as_list(file.get("names"))
+    extra = split_list(names) or as_list(file.get("names"))
     if extra:
         cfg.names = list(dict.fromkeys([*cfg.names, *extra]))
     cfg.location = location or file.get("location", cfg.location)

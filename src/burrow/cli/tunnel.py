@@ -12,11 +12,19 @@ from typing import Any
 
 import typer
 
-from burrow.cli.common import fail, handle_errors, run_async, serve_until_signal, split_list
+from burrow.cli.common import (
+    as_list,
+    fail,
+    handle_errors,
+    run_async,
+    serve_until_signal,
+    split_list,
+)
 from burrow.cli.main import tunnel_app
 from burrow.connector.credentials import TunnelCredentials, decode_token, load_credentials_file
 from burrow.connector.settings import (
     as_bool,
+    as_seconds,
     find_credentials_file,
     pick,
     unknown_keys_warning,
@@ -191,10 +199,13 @@ def run(
         if cert is not None:
             creds = complete_credentials(creds, cert)
         ca_pool = pick(origin_ca_pool, raw, "origin-ca-pool")
-        edges = split_list(edge) or split_list(_as_list(raw.get("edge")))
+        edges = split_list(edge) or split_list(as_list(raw.get("edge")))
         ca = cacert or (Path(str(raw["cacert"])) if raw.get("cacert") else None)
         ha = ha_connections or int(raw.get("ha-connections", 4))
-        grace = _seconds(grace_period if grace_period is not None else raw.get("grace-period", 30))
+        grace = as_seconds(
+            grace_period if grace_period is not None else raw.get("grace-period", 30),
+            "grace-period",
+        )
         tries = retries if retries is not None else int(raw.get("retries", 5))
         metrics_addr = metrics or (str(raw["metrics"]) if raw.get("metrics") else None)
         ingress = _ingress(url, hello_world, cfg)
@@ -236,29 +247,6 @@ def run(
             fail(f"the edge refused the tunnel: {exc.cause}", code=1)
 
     handle_errors(go)
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
-def _seconds(value: Any) -> float:
-    from burrow.ingress.config import parse_duration
-
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(value)  # a bare number of seconds
-    except ValueError:
-        pass
-    try:
-        return parse_duration(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"invalid duration {value!r}: {exc}") from None
 
 
 def _rule_json(rule: Any) -> dict[str, str]:

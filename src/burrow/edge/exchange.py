@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from burrow.errors import LocalProtocolError, RemoteProtocolError
 from burrow.net.h2conn import H2Stream, Headers
@@ -78,6 +78,15 @@ def tunnel_request_headers(
     if websocket:
         out.append((UPGRADE_HEADER, b"websocket"))
     return out
+
+
+def record_request(
+    stats: Any, conn: EdgeTunnelConnection, host: str, status: int, ttfb: float | None, t0: float
+) -> None:
+    """Count one finished proxied request in the edge's metrics (shared by HTTP/1.1 and h2)."""
+    if stats is not None:
+        # 499 (nginx's "client closed request") when the eyeball left before a response.
+        stats.request(conn.tunnel_id, host, status or 499, ttfb, time.monotonic() - t0)
 
 
 class Exchange:
@@ -356,13 +365,6 @@ class Exchange:
         if self._counted:
             self._counted = False
             self.conn.stream_finished()
-            stats = self.eyeball.ctx.stats
-            if stats is not None:
-                # 499 (nginx's "client closed request") when the eyeball left before a response.
-                stats.request(
-                    self.conn.tunnel_id,
-                    self.host,
-                    self._status or 499,
-                    self._ttfb,
-                    time.monotonic() - self._t0,
-                )
+            record_request(
+                self.eyeball.ctx.stats, self.conn, self.host, self._status, self._ttfb, self._t0
+            )

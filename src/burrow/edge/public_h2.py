@@ -19,7 +19,7 @@ import h2.errors
 import h2.settings
 
 from burrow.edge import pages
-from burrow.edge.exchange import tunnel_request_headers
+from burrow.edge.exchange import record_request, tunnel_request_headers
 from burrow.edge.gate import TOO_LARGE, Refusal
 from burrow.errors import RemoteProtocolError
 from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
@@ -101,16 +101,9 @@ class H2Exchange:
             self._counted = False
             self.conn.stream_finished()
             self.owner.stream_done(self)
-            stats = self.owner.ctx.stats
-            if stats is not None:
-                # 499 (nginx's "client closed request") when the eyeball left before a response.
-                stats.request(
-                    self.conn.tunnel_id,
-                    self.host,
-                    self._status or 499,
-                    self._ttfb,
-                    time.monotonic() - self._t0,
-                )
+            record_request(
+                self.owner.ctx.stats, self.conn, self.host, self._status, self._ttfb, self._t0
+            )
 
     # --- StreamHandler -------------------------------------------------------------------
 
