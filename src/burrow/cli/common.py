@@ -8,11 +8,15 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
 from burrow.errors import BurrowError
+
+if TYPE_CHECKING:
+    from burrow.store.sqlalchemy_store import SQLStore
 
 T = TypeVar("T")
 log = logging.getLogger("burrow")
@@ -113,3 +117,20 @@ def handle_errors(fn: Callable[[], T]) -> T:
         fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def edge_state_dir(state_dir: Path | None) -> Path:
+    """The edge's state directory (default ~/.local/share/burrow/edge), created 0700."""
+    from burrow.edge.server import default_state_dir
+
+    path = (state_dir or default_state_dir()).expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+async def open_edge_store(state_dir: Path, store_url: str | None) -> SQLStore:
+    """The edge's store: `store_url` when given, else the SQLite file in `state_dir`."""
+    from burrow.edge.server import store_url_for
+    from burrow.store.sqlalchemy_store import SQLStore
+
+    return await SQLStore.open(store_url or store_url_for(state_dir))

@@ -11,8 +11,10 @@ import yaml
 
 from burrow.cli.common import (
     as_list,
+    edge_state_dir,
     fail,
     handle_errors,
+    open_edge_store,
     run_async,
     serve_until_signal,
     split_list,
@@ -21,11 +23,10 @@ from burrow.cli.edge_front import FrontDoorOptions, apply_front_door
 from burrow.cli.main import edge_app
 from burrow.connector.credentials import write_credentials_file
 from burrow.edge.provision import advertised_edges, create_tunnel, record_addresses
-from burrow.edge.server import EdgeConfig, EdgeServer, default_state_dir, store_url_for
+from burrow.edge.server import EdgeConfig, EdgeServer
 from burrow.errors import BurrowError, ConfigError, NotFound
 from burrow.observability.logs import setup_logging
 from burrow.pki.ca import EdgePKI
-from burrow.store.sqlalchemy_store import SQLStore
 
 tunnel_cmd = typer.Typer(help="Manage tunnels directly on the edge's state.", no_args_is_help=True)
 edge_app.add_typer(tunnel_cmd, name="tunnel")
@@ -245,16 +246,6 @@ def serve(
     handle_errors(go)
 
 
-def _state(state_dir: Path | None) -> Path:
-    path = (state_dir or default_state_dir()).expanduser()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-async def _open(state_dir: Path, store_url: str | None) -> SQLStore:
-    return await SQLStore.open(store_url or store_url_for(state_dir))
-
-
 @tunnel_cmd.command("create")
 def tunnel_create(
     name: str = typer.Argument(..., help="Tunnel name (unique in the account)."),
@@ -276,9 +267,9 @@ def tunnel_create(
     """Create a tunnel, route hostnames to it, write its credentials and print its token."""
 
     async def main() -> None:
-        sd = _state(state_dir)
+        sd = edge_state_dir(state_dir)
         pki = EdgePKI.load_or_create(sd)
-        store = await _open(sd, store_url)
+        store = await open_edge_store(sd, store_url)
         try:
             edges = split_list(edge_address) or list(advertised_edges(sd))
             result = await create_tunnel(store, pki, sd, name, hostname or [], edges=edges)
@@ -318,7 +309,7 @@ def tunnel_list(
     """List tunnels and their hostnames."""
 
     async def main() -> None:
-        store = await _open(_state(state_dir), store_url)
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             tunnels = await store.list_tunnels()
             routes = await store.list_routes()
@@ -358,7 +349,7 @@ def tunnel_delete(
     """Delete a tunnel and its routes; connected connectors are refused from then on."""
 
     async def main() -> None:
-        store = await _open(_state(state_dir), store_url)
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             match = [t for t in await store.list_tunnels() if t.name == name or str(t.id) == name]
             if not match:

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from burrow.cli.common import handle_errors, run_async
-from burrow.cli.edge import _open, _state, tunnel_cmd
+from burrow.cli.common import edge_state_dir, handle_errors, open_edge_store, run_async
+from burrow.cli.edge import tunnel_cmd
 from burrow.errors import ConfigError, NotFound
 from burrow.ingress.config import load_config_file
 from burrow.ingress.remote import encode_config_file, parse_remote_config
@@ -74,7 +74,7 @@ def ingress_set(
 
     async def main() -> None:
         config = read_ingress_file(file)
-        store = await _open(_state(state_dir), store_url)
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             tunnel = await _find(store, name)
             saved = await set_tunnel_config(store, tunnel.id, config)
@@ -97,7 +97,7 @@ def ingress_show(
     """Print the tunnel's remote configuration as `{"version": N, "config": {...}}`."""
 
     async def main() -> None:
-        store = await _open(_state(state_dir), store_url)
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             tunnel = await _find(store, name)
             saved = await get_tunnel_config(store, tunnel.id)
@@ -119,7 +119,7 @@ def ingress_clear(
     """Make the tunnel locally managed again (takes effect when connectors reconnect)."""
 
     async def main() -> None:
-        store = await _open(_state(state_dir), store_url)
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             tunnel = await _find(store, name)
             await delete_tunnel_config(store, tunnel.id)

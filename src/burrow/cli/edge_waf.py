@@ -14,9 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from burrow.cli.common import fail, handle_errors, run_async
+from burrow.cli.common import edge_state_dir, fail, handle_errors, open_edge_store, run_async
 from burrow.cli.main import edge_app
-from burrow.edge.server import default_state_dir, store_url_for
 from burrow.errors import ConfigError
 from burrow.store.sqlalchemy_store import SQLStore
 from burrow.store.waf_rules import (
@@ -48,9 +47,8 @@ def _run(
     state_dir: Path | None, store_url: str | None, fn: Callable[[SQLStore], Awaitable[Any]]
 ) -> None:
     async def main() -> None:
-        sd = (state_dir or default_state_dir()).expanduser()
-        sd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = await SQLStore.open(store_url or store_url_for(sd))
+        sd = edge_state_dir(state_dir)
+        store = await open_edge_store(sd, store_url)
         try:
             await fn(store)
         finally:

@@ -17,9 +17,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from burrow.cli.common import fail, run_async
+from burrow.cli.common import edge_state_dir, fail, open_edge_store, run_async
 from burrow.cli.main import edge_app
-from burrow.edge.server import default_state_dir, store_url_for
 from burrow.errors import BurrowError, ConfigError
 from burrow.store.records import SCOPES, Account
 from burrow.store.sqlalchemy_store import SQLStore
@@ -38,21 +37,13 @@ STORE_URL: Any = typer.Option(None, "--store-url", envvar="BURROW_STORE_URL")
 AS_JSON: Any = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-def _store_url(state_dir: Path | None, store_url: str | None) -> str:
-    sd = (state_dir or default_state_dir()).expanduser()
-    if store_url:
-        return store_url
-    sd.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return store_url_for(sd)
-
-
 def _with_store(
     state_dir: Path | None,
     store_url: str | None,
     work: Callable[[SQLStore], Coroutine[Any, Any, T]],
 ) -> T:
     async def main() -> T:
-        store = await SQLStore.open(_store_url(state_dir, store_url))
+        store = await open_edge_store(edge_state_dir(state_dir), store_url)
         try:
             return await work(store)
         finally:
