@@ -10,8 +10,9 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from burrow.errors import OriginError, RemoteProtocolError
 from burrow.wire import http1
@@ -164,23 +165,26 @@ class OriginConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_connection(address: OriginAddress, pool: OriginPool | None) -> OriginConnection:
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def dial(address: OriginAddress, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """Connect to an origin (TCP or unix socket, optionally TLS) within its connect timeout;
+    failures become OriginError with a message that says what to change."""
     loop = asyncio.get_running_loop()
+    server_hostname = address.server_hostname if address.ssl else None
     try:
         if address.unix_path is not None:
             coro = loop.create_unix_connection(
-                lambda: OriginConnection(pool),
-                address.unix_path,
-                ssl=address.ssl,
-                server_hostname=address.server_hostname if address.ssl else None,
+                factory, address.unix_path, ssl=address.ssl, server_hostname=server_hostname
             )
         else:
             coro = loop.create_connection(
-                lambda: OriginConnection(pool),
+                factory,
                 address.host,
                 address.port,
                 ssl=address.ssl,
-                server_hostname=address.server_hostname if address.ssl else None,
+                server_hostname=server_hostname,
                 **dial_options(loop, address),
             )
         transport, protocol = await asyncio.wait_for(coro, dial_timeout(address))
@@ -196,6 +200,11 @@ async def open_connection(address: OriginAddress, pool: OriginPool | None) -> Or
         ) from None
     except (OSError, ssl.SSLError) as exc:
         raise OriginError(f"cannot connect to origin {_describe(address)}: {exc}") from None
+    return transport, protocol
+
+
+async def open_connection(address: OriginAddress, pool: OriginPool | None) -> OriginConnection:
+    transport, protocol = await dial(address, lambda: OriginConnection(pool))
     tune_socket(transport, address)
     return protocol
 

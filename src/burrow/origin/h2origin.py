@@ -21,8 +21,7 @@ from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
 from burrow.origin.connection import (
     OriginAddress,
     OriginPool,
-    dial_options,
-    dial_timeout,
+    dial,
     tune_socket,
 )
 from burrow.origin.relay import HTTPRelay, RelayOptions
@@ -87,36 +86,7 @@ class H2OriginPool:
 
     async def _dial(self) -> H2OriginConnection | None:
         address = self.address
-        loop = asyncio.get_running_loop()
-        try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    H2OriginConnection,
-                    address.host,
-                    address.port,
-                    ssl=address.ssl,
-                    server_hostname=address.server_hostname,
-                    **dial_options(loop, address),
-                )
-                if address.unix_path is None
-                else loop.create_unix_connection(
-                    H2OriginConnection,
-                    address.unix_path,
-                    ssl=address.ssl,
-                    server_hostname=address.server_hostname,
-                ),
-                dial_timeout(address),
-            )
-        except TimeoutError:
-            raise OriginError(f"timed out connecting to origin {_describe(address)}") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise OriginError(
-                f"TLS verification of origin {_describe(address)} failed: {exc.verify_message} "
-                f"(server name {address.server_hostname!r}; trust its CA with caPool or "
-                "--origin-ca-pool, or set noTLSVerify)"
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise OriginError(f"cannot connect to origin {_describe(address)}: {exc}") from None
+        transport, conn = await dial(address, H2OriginConnection)
         ssl_obj = transport.get_extra_info("ssl_object")
         if ssl_obj is None or ssl_obj.selected_alpn_protocol() != "h2":
             log.info(
