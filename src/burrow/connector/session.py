@@ -14,7 +14,6 @@ from collections.abc import Callable
 from burrow.errors import RegistrationError
 from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
 from burrow.wire.registration import (
-    ConfigurationAcknowledged,
     ConnectionDetails,
     ConnectorControlSession,
     Registered,
@@ -66,12 +65,9 @@ class _ControlHandler:
                         retry_after_s=event.retry_after_ns / 1e9,
                     )
                 )
-            elif isinstance(event, Unregistered):
+            elif isinstance(event, (Unregistered, SessionAborted)):
                 self.session.unregister_done.set()
-            elif isinstance(event, ConfigurationAcknowledged):
-                pass
-            elif isinstance(event, SessionAborted):
-                self.session.unregister_done.set()
+            # ConfigurationAcknowledged needs no action: the edge stored our local config.
         self.send_pending()
 
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None:

@@ -175,8 +175,8 @@ class EyeballProtocol(asyncio.Protocol):
             return
         if type(event) is http1.RequestHead:
             self._start(event)
-        elif type(event) is http1.Upgraded and self.current is None:
-            pass
+        # Data/EndOfMessage/Upgraded with no request in progress belong to a request that was
+        # already answered (an edge error page): nothing to forward.
 
     def _start(self, head: http1.RequestHead) -> None:
         self._cancel_timer()
