@@ -15,14 +15,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
-import h2.errors
-import h2.settings
-
 from burrow.edge import pages
 from burrow.edge.exchange import record_request, tunnel_request_headers
 from burrow.edge.gate import TOO_LARGE, Refusal
 from burrow.errors import RemoteProtocolError
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
+from burrow.net.h2conn import ErrorCode, H2Endpoint, H2Stream, Headers, Setting
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import is_internal_header, parse_response
 
@@ -34,7 +31,7 @@ log = logging.getLogger("burrow.edge.public_h2")
 
 # Connection-specific fields are forbidden in HTTP/2 (RFC 9113 8.2.2).
 _H2_FORBIDDEN = http1.HOP_BY_HOP | {b"content-length-range"}
-_CANCEL = h2.errors.ErrorCodes.CANCEL
+_CANCEL = ErrorCode.CANCEL
 _VISITOR = b'{"scheme":"https"}'
 
 
@@ -198,7 +195,7 @@ class H2Exchange:
             if not self.response_started:
                 self._fail(502, None)
             elif self.eyeball is not None:
-                self.eyeball.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.eyeball.reset(ErrorCode.INTERNAL_ERROR)
             self._finish()
         else:  # the eyeball cancelled
             if self.tunnel is not None:
@@ -227,7 +224,7 @@ class H2Exchange:
         self._status = 413
         if self.response_started:
             if self.eyeball is not None:
-                self.eyeball.reset(h2.errors.ErrorCodes.CANCEL)
+                self.eyeball.reset(ErrorCode.CANCEL)
         elif self.eyeball is not None:
             self.owner.answer(self.eyeball, Refusal(TOO_LARGE), self.host, self.ray)
         self._finish()
@@ -256,7 +253,7 @@ class H2EyeballConnection(H2Endpoint):
         super().connection_made(transport)
         if not self.ctx.gate.connection_opened(ip):
             log.debug("too many connections from %s", ip)
-            self.goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self.goaway(ErrorCode.ENHANCE_YOUR_CALM)
             self.close()
             return
         self._counted = True
@@ -264,10 +261,10 @@ class H2EyeballConnection(H2Endpoint):
 
     def h2_ready(self) -> None:
         settings = self.ctx.gate.settings
-        self._h2.update_settings(
+        self.update_local_settings(
             {
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_h2_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.ctx.max_header_bytes,
+                Setting.MAX_CONCURRENT_STREAMS: settings.max_h2_streams,
+                Setting.MAX_HEADER_LIST_SIZE: self.ctx.max_header_bytes,
             }
         )
         self.schedule_flush()
@@ -305,7 +302,7 @@ class H2EyeballConnection(H2Endpoint):
         gate = ctx.gate
         stream = self.adopt_stream(stream_id, None)
         if len(self.active) >= gate.settings.max_h2_streams:
-            stream.reset(h2.errors.ErrorCodes.REFUSED_STREAM)
+            stream.reset(ErrorCode.REFUSED_STREAM)
             return
         method = path = authority = b""
         host_b: bytes | None = None
@@ -423,7 +420,7 @@ class H2EyeballConnection(H2Endpoint):
 
     def _stop_request_body(self, stream: H2Stream) -> None:
         if not stream.closed and stream.local_ended and not stream.remote_ended:
-            stream.reset(h2.errors.ErrorCodes.NO_ERROR)
+            stream.reset(ErrorCode.NO_ERROR)
 
 
 def _error(status: int, title: str) -> pages.EdgeError:

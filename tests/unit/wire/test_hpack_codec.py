@@ -1,4 +1,4 @@
-"""The tunnel's HPACK coder (burrow.net.hpack_fast) against the reference `hpack` coder: what
+"""The tunnel's HPACK coder (burrow.wire.hpack_codec) against the reference `hpack` coder: what
 it encodes decodes identically with `hpack.Decoder`, and it decodes whatever `hpack.Encoder`
 (Huffman, dynamic table: what Go peers send) produces, across blocks sharing one table."""
 
@@ -10,7 +10,7 @@ import hpack
 import pytest
 from hpack.exceptions import OversizedHeaderListError
 
-from burrow.net.hpack_fast import FastDecoder, FastEncoder
+from burrow.wire.hpack_codec import FastDecoder, FastEncoder
 
 NAMES = [
     b":method",
