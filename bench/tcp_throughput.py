@@ -8,6 +8,9 @@ started through the CLI: `burrow edge serve`, `burrow tunnel run --url tcp://...
 Upload = client -> origin, download = origin -> client; each number is the best of `--rounds`
 runs of `--size-mb` MB. Bulk TCP must not be limited by per-frame costs: the ratio to the direct
 connection is the figure to watch. Every process is started here and stopped by its PID.
+
+bench/run.py reuses this module for its `access_tcp` scenario: `start_tcp_origin` and
+`start_tcp_route` (a TCP tunnel on the suite's edge) and the `upload`/`download` client.
 """
 
 from __future__ import annotations
@@ -135,48 +138,47 @@ def probe(port: int) -> bool:
 # --- the processes ---------------------------------------------------------------------------
 
 
-def start_all(workdir: Path, loglevel: str) -> tuple[list[procs.Proc], int, int]:
-    exe = procs.burrow_bin()
-    started: list[procs.Proc] = []
-    origin_port = procs.free_port()
+def start_tcp_origin(workdir: Path, started: list[procs.Proc]) -> int:
+    """The byte source/sink above as its own process; returns its port."""
+    port = procs.free_port()
     origin = procs.start(
-        "origin", [sys.executable, __file__, "--serve-origin", str(origin_port)], workdir
+        "tcp-origin", [sys.executable, __file__, "--serve-origin", str(port)], workdir
     )
     started.append(origin)
-    procs.wait_until(lambda: "READY" in origin.log_tail(), 15, origin, "the origin")
-    state = workdir / "edge-state"
-    tunnel_port, http_port, admin_port = procs.free_port(), procs.free_port(), procs.free_port()
-    edge = procs.start(
-        "edge",
-        [
-            exe, "edge", "serve", "--state-dir", str(state),
-            "--tunnel-listen", f"127.0.0.1:{tunnel_port}",
-            "--http-listen", f"127.0.0.1:{http_port}",
-            "--admin-listen", f"127.0.0.1:{admin_port}",
-            "--loglevel", loglevel,
-        ],
-        workdir,
-    )  # fmt: skip
-    started.append(edge)
-    procs.wait_until(
-        lambda: procs.http_get_status(http_port, "/", "x.invalid") is not None,
-        30, edge, "the edge to listen",
-    )  # fmt: skip
-    hostname = "tcp.localhost"
+    procs.wait_until(lambda: "READY" in origin.log_tail(), 15, origin, "the TCP origin")
+    return port
+
+
+def start_tcp_route(
+    exe: str,
+    state: Path,
+    http_port: int,
+    origin_port: int,
+    workdir: Path,
+    started: list[procs.Proc],
+    loglevel: str = "warn",
+    env: dict[str, str] | None = None,
+    hostname: str = "tcp.localhost",
+) -> tuple[procs.Proc, procs.Proc, int]:
+    """On a running edge (state dir `state`, public HTTP listener `http_port`): a tunnel for
+    `hostname`, a connector whose ingress is `tcp://127.0.0.1:<origin_port>` and a
+    `burrow access tcp` client listening on a free local port. Returns (connector, access
+    client, local port) once a probe byte makes the round trip."""
+    env = env or {}
     made = subprocess.run(
-        [exe, "edge", "tunnel", "create", "bench-tcp", "--hostname", hostname,
+        [exe, "edge", "tunnel", "create", f"bench-{hostname.split('.')[0]}", "--hostname", hostname,
          "--state-dir", str(state), "--json"],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True, timeout=60, check=False, env={**os.environ, **env},
     )  # fmt: skip
     if made.returncode != 0:
         raise RuntimeError(f"tunnel create failed: {made.stderr.decode(errors='replace')}")
     token = json.loads(made.stdout)["token"]
     connector = procs.start(
-        "connector",
+        "tcp-connector",
         [exe, "tunnel", "run", "--url", f"tcp://127.0.0.1:{origin_port}",
          "--ha-connections", "1", "--loglevel", loglevel],
         workdir,
-        env={"TUNNEL_TOKEN": token},
+        env={**env, "TUNNEL_TOKEN": token},
     )  # fmt: skip
     started.append(connector)
     local_port = procs.free_port()
@@ -185,13 +187,43 @@ def start_all(workdir: Path, loglevel: str) -> tuple[list[procs.Proc], int, int]
         [exe, "access", "tcp", "--hostname", f"http://{hostname}:{http_port}",
          "--url", f"127.0.0.1:{local_port}", "--loglevel", loglevel],
         workdir,
+        env=env,
     )  # fmt: skip
     started.append(client)
+    procs.wait_until(lambda: probe(local_port), 30, client, "a probe through access tcp")
+    return connector, client, local_port
+
+
+def start_all(workdir: Path, loglevel: str) -> tuple[list[procs.Proc], int, int]:
+    exe = procs.burrow_bin()
+    started: list[procs.Proc] = []
     try:
-        procs.wait_until(lambda: probe(local_port), 30, client, "a probe through access tcp")
-    except RuntimeError:
+        origin_port = start_tcp_origin(workdir, started)
+        state = workdir / "edge-state"
+        tunnel_port, http_port, admin_port = procs.free_port(), procs.free_port(), procs.free_port()
+        edge = procs.start(
+            "edge",
+            [
+                exe, "edge", "serve", "--state-dir", str(state),
+                "--tunnel-listen", f"127.0.0.1:{tunnel_port}",
+                "--http-listen", f"127.0.0.1:{http_port}",
+                "--admin-listen", f"127.0.0.1:{admin_port}",
+                "--loglevel", loglevel,
+            ],
+            workdir,
+        )  # fmt: skip
+        started.append(edge)
+        procs.wait_until(
+            lambda: procs.http_get_status(http_port, "/", "x.invalid") is not None,
+            30, edge, "the edge to listen",
+        )  # fmt: skip
+        _, _, local_port = start_tcp_route(
+            exe, state, http_port, origin_port, workdir, started, loglevel
+        )
+    except (RuntimeError, OSError, subprocess.SubprocessError):
         for p in started:
             print(f"--- {p.name}\n{p.log_tail()}", file=sys.stderr)
+        for p in reversed(started):
             p.stop()
         raise
     return started, origin_port, local_port
