@@ -33,6 +33,12 @@ log = logging.getLogger("burrow.edge.public_h2")
 _H2_FORBIDDEN = http1.HOP_BY_HOP | {b"content-length-range"}
 _CANCEL = ErrorCode.CANCEL
 _VISITOR = b'{"scheme":"https"}'
+# Streams an eyeball may have reset (by RST_STREAM, or by a stream error we answered) in a burst,
+# and how fast that allowance refills. Opening and cancelling streams at once ("rapid reset",
+# CVE-2023-44487) would otherwise let one connection start unbounded tunnel work: concurrency
+# limits do not help because every reset frees its slot.
+RESET_BURST = 200
+RESET_REFILL_PER_S = 20.0
 
 
 def _response_headers(status: int, headers: Headers) -> Headers:
@@ -241,6 +247,8 @@ class H2EyeballConnection(H2Endpoint):
         self.active: set[H2Exchange] = set()
         self._counted = False
         self._timer: asyncio.TimerHandle | None = None
+        self._reset_budget = float(RESET_BURST)
+        self._reset_at = time.monotonic()
 
     # --- connection ---------------------------------------------------------------------
 
@@ -268,6 +276,17 @@ class H2EyeballConnection(H2Endpoint):
             }
         )
         self.schedule_flush()
+
+    def h2_stream_reset(self, stream: H2Stream, code: int) -> None:
+        super().h2_stream_reset(stream, code)
+        now = time.monotonic()
+        budget = self._reset_budget + (now - self._reset_at) * RESET_REFILL_PER_S
+        self._reset_budget = min(float(RESET_BURST), budget) - 1
+        self._reset_at = now
+        if self._reset_budget < 0 and not self.closed:
+            log.warning("eyeball %s resets streams too fast; closing the connection", self.ip)
+            self.goaway(ErrorCode.ENHANCE_YOUR_CALM)
+            self.close()
 
     def h2_closed(self, exc: Exception | None) -> None:
         self._cancel_timer()
