@@ -35,7 +35,19 @@ STREAM_HIGH_WATER = 1 << 20  # pending outbound bytes per stream before the prod
 STREAM_LOW_WATER = 256 << 10
 _COALESCE_BELOW = 64 << 10  # output pieces smaller than this are joined into one write
 
-__all__ = ["ErrorCode", "H2Endpoint", "H2Stream", "Headers", "Setting", "StreamHandler"]
+__all__ = [
+    "ErrorCode",
+    "H2Endpoint",
+    "H2Stream",
+    "Headers",
+    "Setting",
+    "StreamHandler",
+    "StreamLimitError",
+]
+
+
+class StreamLimitError(RuntimeError):
+    """No new stream: the peer's concurrency limit is reached."""
 
 
 class StreamHandler(Protocol):
@@ -300,7 +312,12 @@ class H2Endpoint(H2Core, asyncio.Protocol):
     def open_stream(  # type: ignore[override]
         self, headers: Headers, handler: StreamHandler, end_stream: bool = False
     ) -> H2Stream:
-        """Client side: start a new request stream."""
+        """Client side: start a new request stream.
+
+        Raises `StreamLimitError` when the peer's MAX_CONCURRENT_STREAMS is reached (an h2
+        origin's limit; tunnel peers advertise no real limit)."""
+        if len(self.streams) >= self.peer_max_streams:
+            raise StreamLimitError(f"peer allows {self.peer_max_streams} concurrent streams")
         stream = cast(H2Stream, H2Core.open_stream(self))
         stream.handler = handler
         self.send_headers(stream.id, headers, end_stream)

@@ -17,7 +17,7 @@ import logging
 import ssl
 
 from burrow.errors import OriginError
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
+from burrow.net.h2conn import H2Endpoint, H2Stream, Headers, StreamLimitError
 from burrow.origin.connection import (
     OriginAddress,
     OriginPool,
@@ -213,7 +213,7 @@ class H2Relay:
             self.origin = conn.open_stream(
                 self._origin_headers(), _OriginSide(self), end_stream=self.first_end_stream
             )
-        except Exception as exc:  # h2 refused (e.g. too many streams): a 502, not a crash
+        except StreamLimitError as exc:  # the origin's MAX_CONCURRENT_STREAMS: a 502, not a crash
             self._fail(OriginError(f"cannot open a stream to the origin: {exc}"))
             return
         pending, self._pending = self._pending, []
