@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import smtplib
-from email.message import EmailMessage
 from typing import Any
+
+# smtplib and the email package are imported when a code is mailed, not by an edge that
+# never sends one.
 
 log = logging.getLogger("burrow.access.mail")
 TIMEOUT = 15.0
 
 
 def _send(config: dict[str, Any], to: str, code: str, app_name: str) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
     msg = EmailMessage()
     msg["From"] = str(config.get("smtp_from") or "burrow-access@localhost")
     msg["To"] = to
@@ -38,6 +42,8 @@ def _send(config: dict[str, Any], to: str, code: str, app_name: str) -> None:
 
 
 async def send_code(config: dict[str, Any], to: str, code: str, app_name: str) -> None:
+    import smtplib
+
     try:
         await asyncio.to_thread(_send, config, to, code, app_name)
     except (OSError, smtplib.SMTPException) as exc:

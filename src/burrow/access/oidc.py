@@ -32,13 +32,15 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-import aiohttp
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+if TYPE_CHECKING:
+    import aiohttp
+    from joserfc.jwk import KeySet
+
+# aiohttp and joserfc are imported by the methods that talk to an IdP or check its tokens:
+# an edge without an OIDC identity provider never loads them (~8 MB of RSS).
 
 from burrow.errors import BurrowError
 
@@ -139,6 +141,8 @@ class OIDCProvider:
     # -- HTTP -------------------------------------------------------------------------------
 
     def _session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(ssl=_ssl_context(self.ca_file), limit=4)
         return aiohttp.ClientSession(
             connector=connector,
@@ -169,6 +173,8 @@ class OIDCProvider:
         return value
 
     async def _get(self, session: aiohttp.ClientSession, url: str, what: str) -> dict[str, Any]:
+        import aiohttp
+
         try:
             async with session.get(url, allow_redirects=False) as resp:
                 return await self._json(resp, what)
@@ -207,6 +213,9 @@ class OIDCProvider:
     async def _jwks(
         self, session: aiohttp.ClientSession, uri: str, *, refresh: bool = False
     ) -> KeySet:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         now = time.monotonic()
         cached = self.cache.jwks.get(uri)
         fresh = cached is not None and now - cached.at < DISCOVERY_TTL
@@ -247,6 +256,8 @@ class OIDCProvider:
         self, *, code: str, redirect_uri: str, verifier: str, nonce: str
     ) -> OIDCIdentity:
         """Redeem the code and verify the id_token; the identity it proves."""
+        import aiohttp
+
         async with self._session() as session:
             doc = await self.discovery(session)
             form = {
@@ -312,6 +323,8 @@ class OIDCProvider:
         access_token: str,
         id_claims: Mapping[str, Any],
     ) -> dict[str, Any]:
+        import aiohttp
+
         try:
             async with session.get(
                 url,
@@ -328,6 +341,9 @@ class OIDCProvider:
     async def _verify(
         self, session: aiohttp.ClientSession, jwks_uri: str, token: str, nonce: str
     ) -> dict[str, Any]:
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
         if token.count(".") != 2 or len(token) > 32768:
             raise OIDCError("the id_token is malformed")
         try:

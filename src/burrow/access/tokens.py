@@ -15,11 +15,13 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+if TYPE_CHECKING:
+    from joserfc.jwk import RSAKey
+
+# joserfc (with the cryptography bindings it loads) is imported where a key or token is
+# handled, not with this module: an edge without Access applications never needs it.
 
 from burrow.errors import BurrowError
 
@@ -43,12 +45,16 @@ class SigningKey:
 
     @classmethod
     def generate(cls, bits: int = 2048, *, now: float | None = None) -> SigningKey:
+        from joserfc.jwk import RSAKey
+
         kid = secrets.token_hex(32)
         key = RSAKey.generate_key(bits, parameters={"kid": kid, "alg": ALGORITHM, "use": "sig"})
         return cls(kid, key, time.time() if now is None else now)
 
     @classmethod
     def from_pem(cls, kid: str, pem: bytes, created_at: float = 0.0) -> SigningKey:
+        from joserfc.jwk import RSAKey
+
         key = RSAKey.import_key(pem, parameters={"kid": kid, "alg": ALGORITHM, "use": "sig"})
         return cls(kid, key, created_at)
 
@@ -64,6 +70,8 @@ class KeyRing:
     it can be alive (rotation without logging everyone out)."""
 
     def __init__(self, current: SigningKey, previous: SigningKey | None = None) -> None:
+        from joserfc.jwk import KeySet, RSAKey
+
         self.current = current
         self.previous = previous
         keys = [current] + ([previous] if previous is not None else [])
@@ -74,6 +82,8 @@ class KeyRing:
         return KeyRing(new or SigningKey.generate(), self.current)
 
     def public_key(self, kid: str) -> RSAKey | None:
+        from joserfc.jwk import RSAKey
+
         key = self._by_kid.get(kid)
         return RSAKey.import_key(key.public_jwk()) if key is not None else None
 
@@ -136,6 +146,8 @@ def issue(
     if extra:
         claims.update({k: v for k, v in extra.items() if k not in claims})
     header = {"alg": ALGORITHM, "kid": ring.current.kid, "typ": "JWT"}
+    from joserfc import jwt
+
     return jwt.encode(header, claims, ring.current.key, algorithms=[ALGORITHM])
 
 
@@ -179,6 +191,9 @@ class Verifier:
         return claims
 
     def _decode(self, token: str, now: float) -> Claims:
+        from joserfc import jws, jwt
+        from joserfc.errors import JoseError
+
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
             raise TokenError("malformed token")
         try:

@@ -97,6 +97,7 @@ async def serve_until_signal(
     if main_task is not None:
         tasks.append(main_task)
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    _dump_modules()
     if main_task is not None and main_task.done():
         waiter.cancel()
         await stop()
@@ -108,6 +109,20 @@ async def serve_until_signal(
             await asyncio.wait_for(main_task, 5)
         except (TimeoutError, asyncio.CancelledError):
             main_task.cancel()
+
+
+def _dump_modules() -> None:
+    """BURROW_DEBUG_MODULES=FILE: write the names of the modules this long-running process has
+    loaded when it is asked to stop, before shutting down. Regression tests use it to keep
+    optional stacks (alembic, aiohttp, joserfc, ...) out of idle edges and connectors, which
+    pay for every loaded module in RSS."""
+    path = os.environ.get("BURROW_DEBUG_MODULES")
+    if not path:
+        return
+    try:
+        Path(path).write_text("\n".join(sorted(sys.modules)) + "\n")
+    except OSError as exc:
+        log.warning("cannot write BURROW_DEBUG_MODULES file %s: %s", path, exc)
 
 
 def handle_errors(fn: Callable[[], T]) -> T:

@@ -23,7 +23,7 @@ from burrow.cli.edge_front import FrontDoorOptions, apply_front_door
 from burrow.cli.main import edge_app
 from burrow.connector.credentials import write_credentials_file
 from burrow.edge.provision import advertised_edges, create_tunnel, record_addresses
-from burrow.edge.server import EdgeConfig, EdgeServer
+from burrow.edge.server import EdgeConfig, EdgeServer, store_url_for
 from burrow.errors import BurrowError, ConfigError, NotFound
 from burrow.observability.logs import setup_logging
 from burrow.pki.ca import EdgePKI
@@ -236,6 +236,10 @@ def serve(
         )
 
         async def main() -> None:
+            # Upgrade the schema in a child process so alembic never loads into this one.
+            from burrow.store.migrate import migrate_out_of_process
+
+            await migrate_out_of_process(cfg.store_url or store_url_for(cfg.state_dir))
             server = EdgeServer(cfg)
             await server.start()
             record_addresses(cfg.state_dir, server.tunnel_addresses)

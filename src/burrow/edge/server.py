@@ -12,12 +12,10 @@ import hmac
 import logging
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-from aiohttp import web
-
-from burrow.access.metrics import AccessCollector
-from burrow.access.service import AccessService
 from burrow.edge import access_gate
 from burrow.edge.acme_manager import AcmeManager
 from burrow.edge.certs import CertStore
@@ -31,7 +29,7 @@ from burrow.errors import ConfigError, NotFound, RegistrationError, StoreError
 from burrow.net import tls
 from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
 from burrow.net.ratelimit import KeyedRateLimiter
-from burrow.observability.metrics import CONTENT_TYPE, EdgeStats, EdgeView, edge_registry, render
+from burrow.observability.metrics import CONTENT_TYPE, EdgeStats, EdgeView
 from burrow.pki.acme import AcmeIssuer, load_or_create_account_key
 from burrow.pki.ca import EdgePKI
 from burrow.store.journal import ConnectionJournal, node_id_for, record_for
@@ -42,6 +40,14 @@ from burrow.store.sqlalchemy_store import SQLStore
 from burrow.store.waf_rules import WafRuleRecord, compile_records, list_waf_rules
 from burrow.waf.rules import WafEngine
 from burrow.wire.registration import RegistrationRequest
+
+if TYPE_CHECKING:
+    # Loaded on first use only (see `_start_admin` and `metrics`): aiohttp and
+    # prometheus_client cost an idle edge ~12 MB of RSS.
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from burrow.access.service import AccessService
 
 log = logging.getLogger("burrow.edge")
 
@@ -90,14 +96,13 @@ class EdgeServer(EdgeView):
         self.registry = Registry()
         self.remote_configs = RemoteConfigs()
         self.stats = EdgeStats()
-        self.metrics = edge_registry(self)
-        self.metrics.register(AccessCollector(lambda: self.access))
         self.snapshot = RoutingSnapshot(routes={}, wildcards={}, tunnels={})
         self.store: SQLStore | None = None
         self.pki: EdgePKI | None = None
         self.connections: set[EdgeTunnelConnection] = set()
         self._servers: list[asyncio.Server | GatedTLSServer] = []
         self._admin_runner: web.AppRunner | None = None
+        self._admin_setup: asyncio.Task[web.AppRunner] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._generation = -1
         self._handshakes = KeyedRateLimiter(config.handshake_rate, config.handshake_burst)
@@ -118,6 +123,17 @@ class EdgeServer(EdgeView):
         self.admin_address: tuple[str, int] | None = None
         self.journal: ConnectionJournal | None = None  # live connections in the store
         self.access: AccessService | None = None  # Zero Trust access (burrow.access.service)
+
+    @cached_property
+    def metrics(self) -> CollectorRegistry:
+        """The Prometheus registry, built on first use (a scrape): prometheus_client is not
+        loaded into an edge nobody scrapes."""
+        from burrow.access.metrics import AccessCollector
+        from burrow.observability.prometheus import edge_registry
+
+        registry = edge_registry(self)
+        registry.register(AccessCollector(lambda: self.access))
+        return registry
 
     def _lookup(self, host: str) -> uuid.UUID | None:
         return self.snapshot.lookup(host)
@@ -180,6 +196,8 @@ class EdgeServer(EdgeView):
         for conn in list(self.connections):
             # Past the grace period: abort, so no TLS close_notify exchange keeps it alive.
             conn.abort()
+        if self._admin_setup is not None and not self._admin_setup.done():
+            self._admin_setup.cancel()  # connections waiting for it are aborted
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         for server in self._servers:
@@ -406,26 +424,59 @@ class EdgeServer(EdgeView):
     # --- admin ------------------------------------------------------------------------------------
 
     async def _start_admin(self, addr: str) -> None:
+        """Bind the admin listener now; build the aiohttp application on its first connection.
+
+        aiohttp and the admin API modules cost an idle edge ~9 MB of RSS, and most edges see
+        an admin request rarely (or only health checks). The socket is bound here, so a busy
+        port still fails the start; the sealing key the API uses is created here as before."""
+        from burrow.store.sealing import SecretBox
+
+        SecretBox.load_or_create(self.config.state_dir)
+        host, port = parse_hostport(addr, 7845)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _AdminAcceptor(self), host, port, reuse_address=True
+        )
+        self._servers.append(server)
+        self.admin_address = tuple(server.sockets[0].getsockname()[:2])
+
+    def _admin_protocol(self) -> asyncio.Protocol | None:
+        """aiohttp's protocol for a new admin connection, or None while it is being built."""
+        runner = self._admin_runner
+        if runner is not None and runner.server is not None:
+            return runner.server()
+        return None
+
+    def _admin_ready(self) -> asyncio.Task[web.AppRunner]:
+        if self._admin_setup is None:
+            self._admin_setup = asyncio.get_running_loop().create_task(self._build_admin())
+        return self._admin_setup
+
+    async def _build_admin(self) -> web.AppRunner:
+        from aiohttp import web
+
+        from burrow.admin.app import context_from_edge, mount_admin  # admin builds on the edge
+
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ready", self._healthz)
-        from burrow.admin.app import context_from_edge, mount_admin  # admin builds on the edge
-
         mount_admin(app, context_from_edge(self))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        host, port = parse_hostport(addr, 7845)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
         self._admin_runner = runner
-        if runner.addresses:
-            self.admin_address = tuple(runner.addresses[0][:2])
+        return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        from burrow.observability.prometheus import render
+
         return web.Response(body=render(self.metrics), headers={"Content-Type": CONTENT_TYPE})
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         return web.json_response(
             {
                 "status": "ok",
@@ -433,6 +484,57 @@ class EdgeServer(EdgeView):
                 "connections": len(self.registry.all()),
             }
         )
+
+
+class _AdminAcceptor(asyncio.Protocol):
+    """An admin connection accepted before aiohttp is loaded: reading is paused until the
+    application is built, then the transport is handed to aiohttp's own protocol (as if
+    aiohttp had accepted it). Later connections go to aiohttp directly."""
+
+    def __init__(self, edge: EdgeServer) -> None:
+        self._edge = edge
+        self._transport: asyncio.Transport | None = None
+        self._target: asyncio.Protocol | None = None
+        self._early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not an isinstance check: uvloop's transports do not subclass asyncio's.
+        transport = cast(asyncio.Transport, transport)
+        target = self._edge._admin_protocol()
+        if target is not None:
+            self._hand_over(transport, target)
+            return
+        self._transport = transport
+        transport.pause_reading()
+        self._edge._admin_ready().add_done_callback(self._ready)
+
+    def _ready(self, task: asyncio.Task[web.AppRunner]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        target = None if task.cancelled() or task.exception() else self._edge._admin_protocol()
+        if target is None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("admin API failed to start: %s", task.exception())
+            transport.abort()
+            return
+        self._hand_over(transport, target)
+        for chunk in self._early:
+            target.data_received(chunk)
+        self._early.clear()
+        transport.resume_reading()
+
+    def _hand_over(self, transport: asyncio.Transport, target: asyncio.Protocol) -> None:
+        self._target = target
+        transport.set_protocol(target)
+        target.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)  # only before the hand-over (reading is paused)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._early.clear()
 
 
 def registration_cause(cause: str) -> str:

@@ -34,6 +34,7 @@ MAX_HEADER_LIST_SIZE = 1 << 20
 STREAM_HIGH_WATER = 1 << 20  # pending outbound bytes per stream before the producer is paused
 STREAM_LOW_WATER = 256 << 10
 _COALESCE_BELOW = 64 << 10  # output pieces smaller than this are joined into one write
+_MAX_UNREAD = 64 << 20  # bytes queued on a transport the peer does not read before we give up
 
 __all__ = [
     "ErrorCode",
@@ -61,7 +62,8 @@ class StreamHandler(Protocol):
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None: ...
 
     def on_end(self, stream: H2Stream) -> None:
-        """The peer ended its side (END_STREAM) without data or headers in the same frame."""
+        """For handlers' own use: the endpoint reports END_STREAM through `on_data(b"", True)`,
+        `on_headers(..., end_stream=True)` or `on_trailers`."""
 
     def on_reset(self, stream: H2Stream, error_code: int) -> None:
         """The stream was reset by the peer, or the connection was lost."""
@@ -107,7 +109,7 @@ class H2Stream(CoreStream):
 
     def write(self, data: bytes) -> bool:
         """Queue body bytes. Returns False when the producer should pause until `on_writable`."""
-        if self.closed or self._end_queued or not data:
+        if self.closed or self._end_queued or self.local_ended or not data:
             return not self.closed
         if type(data) is not bytes:
             data = bytes(data)  # a caller's mutable buffer must not change under the queue
@@ -393,6 +395,12 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         if not out:
             return
         self.out = []
+        if self._write_paused and self.transport.get_write_buffer_size() > _MAX_UNREAD:
+            # A peer that sends (PINGs, SETTINGS, requests) but never reads would make our
+            # replies pile up without bound.
+            log.warning("h2 peer does not read what it asked for; dropping the connection")
+            self.abort()
+            return
         if len(out) == 1:
             self.transport.write(out[0])
         else:

@@ -264,6 +264,34 @@ def _at_head(sync_conn: sa.Connection) -> bool:
     return [r[0] for r in rows] == [head]
 
 
+def _is_sqlite_file(url: URL) -> bool:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return False
+    return Path(database).is_file()
+
+
+async def at_head(url: str) -> bool:
+    """Whether the store at `url` exists and is at the latest revision: a read-only check that
+    neither creates the database nor imports alembic. Any failure answers False (the caller
+    then opens the store normally, which reports it)."""
+    try:
+        sa_url = make_url(url)
+        if sa_url.get_backend_name() == "sqlite" and not _is_sqlite_file(sa_url):
+            return False
+        connect_args = {"timeout": 5.0} if sa_url.get_backend_name() == "postgresql" else {}
+        engine = create_async_engine(sa_url, connect_args=connect_args)
+    except Exception:
+        return False
+    try:
+        async with engine.connect() as conn:
+            return bool(await conn.run_sync(_at_head))
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
 def _run_migrations(sync_conn: sa.Connection) -> None:
     if sync_conn.dialect.name == "postgresql":
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})

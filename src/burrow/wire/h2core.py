@@ -102,6 +102,7 @@ class CoreStream:
 
     __slots__ = (
         "closed",
+        "expected_length",
         "final_headers",
         "id",
         "local_ended",
@@ -116,6 +117,7 @@ class CoreStream:
         self.send_window = send_window
         self.recv_window = recv_window
         self.recv_unacked = 0
+        self.expected_length = -1  # a validated request's content-length still to come; -1: none
         self.final_headers = False  # a request (server) / final response (client) was received
         self.local_ended = False
         self.remote_ended = False
@@ -194,12 +196,28 @@ class H2Core:
         self.out.append(frame_header(len(body), SETTINGS, 0, 0) + body)
 
     def update_settings(self, values: dict[int, int]) -> None:
-        """Advertise new values. Limits on what we accept apply at once (stricter is safe)."""
+        """Advertise new values. Stricter limits on what we accept apply at once; a larger
+        window or frame size too (the peer may use it as soon as it has read the SETTINGS).
+        Lowering INITIAL_WINDOW_SIZE is refused: data the peer sent under the old value would
+        then be a flow-control error until it acknowledged."""
         if Setting.MAX_CONCURRENT_STREAMS in values:
             self.local_max_streams = values[Setting.MAX_CONCURRENT_STREAMS]
         if Setting.MAX_HEADER_LIST_SIZE in values:
             self.max_header_block = values[Setting.MAX_HEADER_LIST_SIZE]
             self._decoder.max_header_list_size = self.max_header_block
+        if Setting.INITIAL_WINDOW_SIZE in values:
+            window = values[Setting.INITIAL_WINDOW_SIZE]
+            if not self.local_initial_window <= window <= MAX_WINDOW:
+                raise ValueError("INITIAL_WINDOW_SIZE can only grow, up to 2^31-1")
+            delta = window - self.local_initial_window
+            self.local_initial_window = window
+            for stream in self.streams.values():
+                stream.recv_window += delta
+        if Setting.MAX_FRAME_SIZE in values:
+            size = values[Setting.MAX_FRAME_SIZE]
+            if not DEFAULT_FRAME <= size <= (1 << 24) - 1:
+                raise ValueError("MAX_FRAME_SIZE out of range")
+            self.local_max_frame = max(self.local_max_frame, size)
         self._queue_settings(values)
 
     def new_stream(self, stream_id: int) -> CoreStream:
@@ -441,6 +459,12 @@ class H2Core:
         if flow != len(data):  # padding: credit it now, the owner only sees the data
             self.acknowledge(stream, flow - len(data))
         end = bool(flags & FLAG_END_STREAM)
+        if stream.expected_length >= 0:
+            stream.expected_length -= len(data)
+            if stream.expected_length < 0 or (end and stream.expected_length):
+                self.acknowledge(None, len(data))
+                self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR)  # RFC 9113 8.1.1
+                return
         if end:
             stream.remote_ended = True
         self.h2_data(stream, data, end)
@@ -510,6 +534,8 @@ class H2Core:
                 return
             if not end:
                 raise _StreamError(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
+            if stream.expected_length > 0:
+                raise _StreamError(ErrorCode.PROTOCOL_ERROR, "body shorter than content-length")
             if self.validate_headers:
                 _check_fields(headers, trailers=True)
         except _StreamError as err:
@@ -533,13 +559,17 @@ class H2Core:
         if len(self.streams) >= self.local_max_streams:
             self.send_rst(stream_id, ErrorCode.REFUSED_STREAM)
             return
+        length = -1
         if self.validate_headers:
             try:
-                _check_request(headers, self.local_connect_protocol)
+                length = _check_request(headers, self.local_connect_protocol)
+                if end and length > 0:
+                    raise _StreamError(ErrorCode.PROTOCOL_ERROR, "no body for content-length")
             except _StreamError as err:
                 self.send_rst(stream_id, err.code)
                 return
         stream = self.new_stream(stream_id)
+        stream.expected_length = length
         stream.final_headers = True
         if end:
             stream.remote_ended = True
@@ -717,7 +747,8 @@ def _split_pseudo(headers: Headers) -> tuple[dict[bytes, bytes], Headers]:
     return pseudo, headers[index:]
 
 
-def _check_request(headers: Headers, connect_protocol: bool) -> None:
+def _check_request(headers: Headers, connect_protocol: bool) -> int:
+    """RFC 9113 8.3.1 request rules; returns the declared content-length (-1: none)."""
     pseudo, regular = _split_pseudo(headers)
     if not _REQUEST_PSEUDO.issuperset(pseudo):
         raise _StreamError(ErrorCode.PROTOCOL_ERROR, "unknown pseudo-header")
@@ -733,6 +764,18 @@ def _check_request(headers: Headers, connect_protocol: bool) -> None:
         if not pseudo.get(b":scheme") or not pseudo.get(b":path"):
             raise _StreamError(ErrorCode.PROTOCOL_ERROR, "no :scheme or :path")
     _check_fields(regular)
+    authority = pseudo.get(b":authority")
+    length = -1
+    for name, value in regular:
+        if name == b"content-length":
+            if not value.isdigit() or len(value) > 18 or (length >= 0 and int(value) != length):
+                raise _StreamError(ErrorCode.PROTOCOL_ERROR, "invalid content-length")
+            length = int(value)
+        elif name == b"host" and authority is not None and value != authority:
+            # RFC 9113 8.3.1: two names for the request's target would let routing and the
+            # origin disagree about it.
+            raise _StreamError(ErrorCode.PROTOCOL_ERROR, "host differs from :authority")
+    return length
 
 
 def _response_status(headers: Headers, validate: bool) -> int:
