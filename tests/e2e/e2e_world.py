@@ -275,6 +275,7 @@ class E2E:
         ports: tuple[int, int, int] | None = None,
         loglevel: str = "info",
         wait: bool = True,
+        extra_args: tuple[str, ...] = (),
     ) -> Edge:
         sd = state_dir or (self.tmp / "edge-state")
         tunnel_port, http_port, admin_port = ports or (free_port(), free_port(), free_port())
@@ -295,6 +296,7 @@ class E2E:
                 "--loglevel",
                 loglevel,
                 *store_args(store_url),
+                *extra_args,
             ],
         )
         edge = Edge(proc, sd, tunnel_port, http_port, admin_port, store_url)

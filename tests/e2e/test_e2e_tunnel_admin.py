@@ -68,3 +68,13 @@ def test_create_list_pickup_delete(e2e: E2E) -> None:
     again = e2e.burrow("edge", "tunnel", "delete", "web", *edge.state_args())
     assert again.returncode != 0 and "web" in again.stderr
     conn.kill()
+
+
+def test_create_leaves_the_running_edges_tunnel_certificate_alone(e2e: E2E) -> None:
+    """`edge tunnel create` needs only the CA: it must not reissue the tunnel-listener
+    certificate that `edge serve` made for its own names (it used to, without those names)."""
+    edge = e2e.start_edge(extra_args=("--name", "edge.example.test"))
+    cert = edge.state_dir / "tunnel.pem"
+    before = cert.read_bytes()
+    e2e.create_tunnel(edge, "web", "app.localhost")
+    assert cert.read_bytes() == before

@@ -5,6 +5,10 @@ the public key could poll) never hands out anything usable.
 Scheme: X25519 key agreement between the CLI's key and a fresh ephemeral key of the edge,
 HKDF-SHA256 over the shared secret (salt: both public keys), AES-256-GCM with a random nonce;
 the transfer id (SHA-256 of the CLI's public key, hex) is the associated data.
+
+`cryptography` is imported by the functions that encrypt, not with this module: the Access
+service imports it into every edge, and most edges never transfer a token (the import costs a
+long-running process ~10 MB of RSS).
 """
 
 from __future__ import annotations
@@ -13,15 +17,12 @@ import base64
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Any
 
 from burrow.errors import BurrowError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 INFO = b"burrow access token transfer v1"
 
@@ -59,6 +60,9 @@ def parse_public_key(text: str) -> bytes:
 
 
 def _key(shared: bytes, cli_pub: bytes, eph_pub: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=cli_pub + eph_pub, info=INFO).derive(
         shared
     )
@@ -66,6 +70,10 @@ def _key(shared: bytes, cli_pub: bytes, eph_pub: bytes) -> bytes:
 
 def seal(cli_public: bytes, plaintext: bytes) -> dict[str, str]:
     """Edge side: encrypt to the CLI's public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -90,15 +98,23 @@ class ClientKey:
 
     @classmethod
     def generate(cls) -> ClientKey:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         return cls(X25519PrivateKey.generate())
 
     @property
     def public(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
     def open(self, box: dict[str, Any]) -> bytes:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             eph_pub = unb64u(str(box["epk"]))
             nonce = unb64u(str(box["nonce"]))

@@ -26,8 +26,8 @@ from burrow.access.tcp_client import (
     run_stdio,
     stored_app_token,
 )
+from burrow.cli.apps import access_app
 from burrow.cli.common import fail, run_async, serve_until_signal
-from burrow.cli.main import access_app
 from burrow.observability.logs import setup_logging
 
 log = logging.getLogger("burrow.access")

@@ -13,8 +13,8 @@ import typer
 
 from burrow.access.cli_login import AppURL, login, valid_stored_token
 from burrow.access.tcp_client import AccessError
+from burrow.cli.apps import access_app
 from burrow.cli.common import fail, run_async
-from burrow.cli.main import access_app
 
 _NO_BROWSER = typer.Option(
     False,

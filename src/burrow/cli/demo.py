@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
+from burrow.cli.apps import app
 from burrow.cli.common import handle_errors, run_async, serve_until_signal
-from burrow.cli.main import app
 from burrow.connector.supervisor import Connector, ConnectorConfig
 from burrow.edge.provision import create_tunnel
 from burrow.edge.server import EdgeConfig, EdgeServer

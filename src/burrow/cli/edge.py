@@ -9,6 +9,7 @@ from typing import Any
 import typer
 import yaml
 
+from burrow.cli.apps import edge_app
 from burrow.cli.common import (
     as_list,
     edge_state_dir,
@@ -16,15 +17,14 @@ from burrow.cli.common import (
     handle_errors,
     open_edge_store,
     run_async,
-    serve_until_signal,
     split_list,
 )
 from burrow.cli.edge_front import FrontDoorOptions, apply_front_door
-from burrow.cli.main import edge_app
 from burrow.connector.credentials import write_credentials_file
-from burrow.edge.provision import advertised_edges, create_tunnel, record_addresses
-from burrow.edge.server import EdgeConfig, EdgeServer, store_url_for
+from burrow.edge.provision import advertised_edges, create_tunnel
+from burrow.edge.server import EdgeConfig
 from burrow.errors import BurrowError, ConfigError, NotFound
+from burrow.launch import EdgeLaunch, LogSettings, handoff, run_edge
 from burrow.observability.logs import setup_logging
 from burrow.pki.ca import EdgePKI
 
@@ -202,7 +202,7 @@ def serve(
 ) -> None:
     """Run the edge."""
 
-    def go() -> None:
+    def go() -> EdgeLaunch:
         setup_logging(loglevel, output=output, logfile=logfile)
         cfg = build_edge_config(
             config, state_dir, tunnel_listen, http_listen, admin_listen, name, location, store_url
@@ -234,20 +234,13 @@ def serve(
                 acme_challenges=acme_challenge or [],
             ),
         )
+        return EdgeLaunch(cfg, LogSettings(loglevel, output, logfile))
 
-        async def main() -> None:
-            # Upgrade the schema in a child process so alembic never loads into this one.
-            from burrow.store.migrate import migrate_out_of_process
-
-            await migrate_out_of_process(cfg.store_url or store_url_for(cfg.state_dir))
-            server = EdgeServer(cfg)
-            await server.start()
-            record_addresses(cfg.state_dir, server.tunnel_addresses)
-            await serve_until_signal(server.stop)
-
-        run_async(main())
-
-    handle_errors(go)
+    spec = handle_errors(go)
+    # The edge runs in a re-execution of this command without the CLI; if that cannot be,
+    # `handoff` returns and it runs here.
+    handoff(spec)
+    run_edge(spec)
 
 
 @tunnel_cmd.command("create")
@@ -272,7 +265,7 @@ def tunnel_create(
 
     async def main() -> None:
         sd = edge_state_dir(state_dir)
-        pki = EdgePKI.load_or_create(sd)
+        pki = EdgePKI.for_ca(sd)  # the tunnel certificate belongs to `edge serve` and its names
         store = await open_edge_store(sd, store_url)
         try:
             edges = split_list(edge_address) or list(advertised_edges(sd))

@@ -16,8 +16,8 @@ from typing import Any
 
 import typer
 
+from burrow.cli.apps import edge_app
 from burrow.cli.common import edge_state_dir, handle_errors, open_edge_store, run_async
-from burrow.cli.main import edge_app
 from burrow.errors import ConfigError
 from burrow.store.access_store import AccessStore, SelectorSpec
 from burrow.store.sealing import SecretBox

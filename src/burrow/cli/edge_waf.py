@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from burrow.cli.apps import edge_app
 from burrow.cli.common import edge_state_dir, fail, handle_errors, open_edge_store, run_async
-from burrow.cli.main import edge_app
 from burrow.errors import ConfigError
 from burrow.store.sqlalchemy_store import SQLStore
 from burrow.store.waf_rules import (

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from burrow.cli.main import tunnel_app
+from burrow.cli.apps import tunnel_app
 from burrow.ingress.validate import CommandResult, rule_command, validate_command
 
 ingress_app = typer.Typer(

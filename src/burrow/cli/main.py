@@ -1,27 +1,26 @@
 """The `burrow` command: `burrow edge ...`, `burrow tunnel ...`, `burrow access ...`, `burrow demo`.
 
-Each verb group lives in its own module and registers itself on the shared Typer apps here.
+Each verb group lives in its own module and registers itself on the shared Typer apps of
+burrow.cli.apps. This module imports no CLI framework at load time: `burrow edge serve` and
+`burrow tunnel run` re-execute themselves once their flags are parsed (burrow.launch), and the
+re-executed process must reach `main` and run the server without typer, click or pydantic.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    from typer import Typer
 
-app = typer.Typer(
-    name="burrow",
-    help="Self-hosted tunnels: an edge and a connector speaking cloudflared's protocol.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-edge_app = typer.Typer(help="Run and administer the edge.", no_args_is_help=True)
-tunnel_app = typer.Typer(help="Run the connector and manage tunnels.", no_args_is_help=True)
-access_app = typer.Typer(help="Access clients.", no_args_is_help=True)
-app.add_typer(edge_app, name="edge")
-app.add_typer(tunnel_app, name="tunnel")
-app.add_typer(access_app, name="access")
+    app: Typer
+    edge_app: Typer
+    tunnel_app: Typer
+    access_app: Typer
 
+_APPS = ("app", "edge_app", "tunnel_app", "access_app")
 
 # Which command modules serve which top-level group. Only the group being run is imported:
 # `burrow tunnel run` must not pay (in start-up time and ~50 MB of idle RSS) for the edge's
@@ -47,6 +46,15 @@ _ALL_MODULES = (
 )
 
 
+def __getattr__(name: str) -> Any:
+    """`from burrow.cli.main import app` (and the group apps), loaded on first use."""
+    if name in _APPS:
+        from burrow.cli import apps
+
+        return getattr(apps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _register_commands(argv: list[str] | None = None) -> None:
     """Import the command modules (they add their commands to the apps above as a side effect).
 
@@ -62,8 +70,14 @@ def _register_commands(argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if "BURROW_HANDOFF" in os.environ:  # burrow.launch.HANDOFF_ENV
+        from burrow.launch import resume
+
+        resume()  # runs the server handed over to this process and exits, if there is one
     args = argv if argv is not None else sys.argv[1:]
     _register_commands(args)
+    from burrow.cli.apps import app
+
     app(args=args, prog_name="burrow")
 
 

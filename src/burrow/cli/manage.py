@@ -29,8 +29,8 @@ from burrow.admin.client import (
     load_origin_cert,
     write_origin_cert,
 )
+from burrow.cli.apps import tunnel_app
 from burrow.cli.common import fail, run_async
-from burrow.cli.main import tunnel_app
 from burrow.connector.credentials import (
     MIN_SECRET_BYTES,
     TunnelCredentials,

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from burrow.cli.apps import edge_app
 from burrow.cli.common import edge_state_dir, fail, open_edge_store, run_async
-from burrow.cli.main import edge_app
 from burrow.errors import BurrowError, ConfigError
 from burrow.store.records import SCOPES, Account
 from burrow.store.sqlalchemy_store import SQLStore

@@ -3,40 +3,26 @@ config file (`tunnel`, `credentials-file`, `ingress`, `originRequest`, ...)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import signal
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from burrow.cli.common import (
-    as_list,
-    fail,
-    handle_errors,
-    run_async,
-    serve_until_signal,
-    split_list,
-)
-from burrow.cli.main import tunnel_app
+from burrow.cli.apps import tunnel_app
+from burrow.cli.common import as_list, handle_errors, split_list
 from burrow.connector.credentials import TunnelCredentials, decode_token, load_credentials_file
 from burrow.connector.settings import (
-    as_bool,
     as_seconds,
     find_credentials_file,
+    ingress_spec,
     pick,
     unknown_keys_warning,
 )
-from burrow.connector.supervisor import Connector, ConnectorConfig
-from burrow.errors import ConfigError, RegistrationError
+from burrow.connector.supervisor import ConnectorConfig
+from burrow.errors import ConfigError
 from burrow.ingress.config import ConfigFile, load_config_file
-from burrow.ingress.rules import Ingress
 from burrow.ingress.validate import find_default_config
-from burrow.observability.logs import setup_logging
-
-log = logging.getLogger("burrow.connector")
+from burrow.launch import ConnectorLaunch, LogSettings, handoff, run_connector
 
 
 @tunnel_app.callback()
@@ -76,17 +62,6 @@ def _credentials(
             "(or credentials-file in the config file)"
         )
     return load_credentials_file(path)
-
-
-def _ingress(url: str | None, hello_world: bool | None, cfg: ConfigFile | None) -> Ingress:
-    raw = cfg.raw if cfg is not None else {}
-    url = pick(url, raw, "url")
-    hello_world = as_bool(pick(hello_world, raw, "hello-world", False), "hello-world")
-    if url or hello_world:
-        return Ingress.single(str(url) if url else None, hello_world=hello_world)
-    if cfg is not None and cfg.ingress:
-        return Ingress.parse(list(cfg.ingress), cfg.origin_request)
-    return Ingress.single(None)
 
 
 @tunnel_app.command("run")
@@ -164,15 +139,16 @@ def run(
 ) -> None:
     """Run the connector: dial the edge and proxy requests to the origin(s)."""
 
-    def go() -> None:
+    def go() -> tuple[ConnectorLaunch, ConnectorConfig]:
         config_path = config or (ctx.obj or {}).get("config") or find_default_config()
         cfg = load_config_file(config_path) if config_path else None
         raw: dict[str, Any] = dict(cfg.raw) if cfg is not None else {}
-        setup_logging(
+        logs = LogSettings(
             str(pick(loglevel, raw, "loglevel", raw.get("log-level", "info"))),
             output=str(pick(output, raw, "output", "text")),
             logfile=pick(logfile, raw, "logfile"),
         )
+        logs.apply()
         if cfg is not None and cfg.warnings:
             typer.echo(cfg.warnings, err=True)
         if cfg is not None and (warning := unknown_keys_warning(raw, cfg.source)):
@@ -208,11 +184,11 @@ def run(
         )
         tries = retries if retries is not None else int(raw.get("retries", 5))
         metrics_addr = metrics or (str(raw["metrics"]) if raw.get("metrics") else None)
-        ingress = _ingress(url, hello_world, cfg)
+        spec = ingress_spec(url, hello_world, cfg)
+        ingress = spec.build()  # validated here; the connector's process builds it again
         ingress_from_file = not (pick(url, raw, "url") or pick(hello_world, raw, "hello-world"))
-        conf = ConnectorConfig(
+        options: dict[str, Any] = dict(
             credentials=creds,
-            ingress=ingress,
             edges=edges,
             cafile=ca,
             ha_connections=max(1, ha),
@@ -228,25 +204,14 @@ def run(
             watch_config=True,
             origin_ca_pool=str(Path(str(ca_pool)).expanduser()) if ca_pool else None,
         )
+        launch = ConnectorLaunch(spec, options, logs)
+        return launch, ConnectorConfig(ingress=ingress, **options)
 
-        async def main() -> None:
-            connector = Connector(conf)
-            log.info(
-                "starting tunnel %s: %d connection(s) to %s",
-                creds.tunnel_id,
-                conf.ha_connections,
-                ", ".join(f"{h}:{p}" for h, p in connector.edges),
-            )
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, connector.reload)
-            await serve_until_signal(connector.stop, connector.run())
-
-        try:
-            run_async(main())
-        except RegistrationError as exc:
-            fail(f"the edge refused the tunnel: {exc.cause}", code=1)
-
-    handle_errors(go)
+    launch, conf = handle_errors(go)
+    # The connector runs in a re-execution of this command without the CLI; if that cannot
+    # be, `handoff` returns and it runs here.
+    handoff(launch)
+    run_connector(launch, conf)
 
 
 def _rule_json(rule: Any) -> dict[str, str]:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from burrow.errors import ConfigError
-from burrow.ingress.config import parse_duration
+from burrow.ingress.config import ConfigFile, UnvalidatedRule, parse_duration
+from burrow.ingress.rules import Ingress
 
 # The config struct's own keys, then every flag of `cloudflared tunnel [run]`.
 KNOWN_KEYS = frozenset(
@@ -117,3 +119,37 @@ def find_credentials_file(tunnel: str | None, config_source: str | None) -> Path
         if path.is_file():
             return path
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSpec:
+    """What the connector's ingress is built from, as plain data.
+
+    A built `Ingress` holds compiled (re2) patterns, which cannot be pickled; `burrow tunnel
+    run` validates the ingress while parsing its flags, hands this to the process that runs the
+    connector (see burrow.launch), and that process builds the same `Ingress` again."""
+
+    url: str | None = None
+    hello_world: bool = False
+    rules: tuple[UnvalidatedRule, ...] = ()
+    origin_request: Mapping[str, Any] | None = None
+
+    def build(self) -> Ingress:
+        if self.url or self.hello_world:
+            return Ingress.single(self.url, hello_world=self.hello_world)
+        if self.rules:
+            return Ingress.parse(list(self.rules), self.origin_request)
+        return Ingress.single(None)
+
+
+def ingress_spec(url: str | None, hello_world: bool | None, cfg: ConfigFile | None) -> IngressSpec:
+    """cloudflared's precedence: `--url`/`--hello-world` (flag, else the file's key) make one
+    catch-all rule; otherwise the file's `ingress:` rules; with neither, every request is a 503."""
+    raw = cfg.raw if cfg is not None else {}
+    url = pick(url, raw, "url")
+    hello = as_bool(pick(hello_world, raw, "hello-world", False), "hello-world")
+    if url or hello:
+        return IngressSpec(url=str(url) if url else None, hello_world=hello)
+    if cfg is not None and cfg.ingress:
+        return IngressSpec(rules=tuple(cfg.ingress), origin_request=dict(cfg.origin_request))
+    return IngressSpec()

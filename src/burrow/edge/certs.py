@@ -5,7 +5,10 @@ Sources, in order of preference for a server name:
    their subjectAltName (exact names, then `*.parent` wildcards), re-read when a file changes;
 2. certificates added at run time (`CertStore.install`, e.g. obtained over ACME);
 3. for development, a certificate from the edge's own CA, issued on first use for a hostname the
-   edge routes (never for arbitrary names a client sends) and cached.
+   edge routes (never for arbitrary names a client sends) and cached. It is issued before the
+   handshake (`prepare`, awaited by `burrow.edge.sni_listener` once it has read the SNI), in a
+   child process (`burrow.pki.worker`) unless `cryptography` is loaded here anyway: an edge
+   serving development certificates then never loads it.
 
 Every context offers ALPN `h2` and `http/1.1`; the default context (no or unknown SNI) presents
 the edge's own names.
@@ -13,23 +16,29 @@ the edge's own names.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cryptography import x509
-
 from burrow.errors import ConfigError
+from burrow.pki import worker
 from burrow.pki.ca import EdgePKI
 
 log = logging.getLogger("burrow.edge.certs")
 
 ALPN = ["h2", "http/1.1"]
 MAX_DEV_CERTS = 1024
+#: After a failed issuance, handshakes for that name get the default certificate for this long
+#: instead of starting another child process each.
+DEV_FAILURE_BACKOFF = 10.0
+#: Development certificates issued at the same time (each one is a child process).
+DEV_CONCURRENCY = 2
 
 
 def make_context(
@@ -57,6 +66,8 @@ def make_context(
 
 def cert_dns_names(cert_pem: bytes) -> list[str]:
     """Lower-case DNS names of the first certificate in a PEM chain."""
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -76,7 +87,11 @@ class CertStore:
         *,
         is_routed: Callable[[str], bool] = lambda _host: False,
         dev_certs: bool = True,
+        default_pem: tuple[bytes, bytes] | None = None,
+        out_of_process: bool | None = None,
     ) -> None:
+        """`default_pem`: the default certificate, already issued (see `create`); without it
+        one is issued here, in-process."""
         self.pki = pki
         self.files = list(files or [])
         self.is_routed = is_routed
@@ -87,10 +102,40 @@ class CertStore:
         self._dev: collections.OrderedDict[str, ssl.SSLContext] = collections.OrderedDict()
         self._alpn_challenges: dict[str, ssl.SSLContext] = {}  # tls-alpn-01 in progress
         self.dev_issued = 0
-        cert, key = pki.issue_server_cert(default_names or ["localhost"])
+        self.out_of_process = out_of_process  # None: a child unless cryptography is loaded
+        self._issuing: dict[str, asyncio.Future[None]] = {}
+        self._failed: dict[str, float] = {}  # name -> monotonic time of the last failure
+        self._issue_slots: asyncio.Semaphore | None = None
+        cert, key = default_pem or pki.issue_server_cert(default_names or ["localhost"])
         self.default = make_context(cert, key)
         self.default.sni_callback = self._sni
         self._load_files()
+
+    @classmethod
+    async def create(
+        cls,
+        pki: EdgePKI,
+        default_names: Sequence[str],
+        files: list[tuple[Path, Path]] | None = None,
+        *,
+        is_routed: Callable[[str], bool] = lambda _host: False,
+        dev_certs: bool = True,
+        out_of_process: bool | None = None,
+    ) -> CertStore:
+        """A store whose default certificate is issued without blocking the event loop (and,
+        by default, without loading `cryptography` into this process)."""
+        default_pem = await worker.issue_server_cert(
+            pki, list(default_names) or ["localhost"], out_of_process=out_of_process
+        )
+        return cls(
+            pki,
+            list(default_names),
+            files,
+            is_routed=is_routed,
+            dev_certs=dev_certs,
+            default_pem=default_pem,
+            out_of_process=out_of_process,
+        )
 
     # --- operator files -------------------------------------------------------------------
 
@@ -169,7 +214,8 @@ class CertStore:
                 ctx = table.get("*." + parent)
         return ctx
 
-    def context_for(self, name: str) -> ssl.SSLContext | None:
+    def _ready_context(self, name: str) -> ssl.SSLContext | None:
+        """The context for `name` if one exists now (nothing is issued)."""
         if self._alpn_challenges:
             challenge = self._alpn_challenges.get(name)
             if challenge is not None:
@@ -182,10 +228,12 @@ class CertStore:
         ctx = self._dev.get(name)
         if ctx is not None:
             self._dev.move_to_end(name)
-            return ctx
-        if not self.is_routed(name):
-            return None
-        cert, key = self.pki.issue_server_cert([name])
+        return ctx
+
+    def _wants_dev_cert(self, name: str) -> bool:
+        return self.dev_certs and self._ready_context(name) is None and self.is_routed(name)
+
+    def _add_dev(self, name: str, cert: bytes, key: bytes) -> ssl.SSLContext:
         ctx = make_context(cert, key)
         ctx.sni_callback = self._sni
         self._dev[name] = ctx
@@ -193,6 +241,60 @@ class CertStore:
         if len(self._dev) > MAX_DEV_CERTS:
             self._dev.popitem(last=False)
         return ctx
+
+    def context_for(self, name: str) -> ssl.SSLContext | None:
+        """The context for `name`, chosen synchronously (OpenSSL's SNI callback). A missing
+        development certificate is normally issued before the handshake by `prepare`; only
+        when `cryptography` is loaded in this process anyway is it issued here (as it always
+        was), otherwise the handshake gets the default certificate."""
+        ctx = self._ready_context(name)
+        if ctx is not None or not self.dev_certs or not self.is_routed(name):
+            return ctx
+        if self.out_of_process or (self.out_of_process is None and not worker.crypto_loaded()):
+            return None
+        cert, key = self.pki.issue_server_cert([name])
+        return self._add_dev(name, cert, key)
+
+    async def prepare(self, name: str) -> None:
+        """Make the certificate for SNI `name` ready before its handshake: issue the
+        development certificate of a routed name that has none yet (one issuance per name at
+        a time; concurrent handshakes for it wait for the same one). Never raises: a failure
+        is logged and the handshake goes on with the default certificate."""
+        name = name.lower().rstrip(".")
+        try:
+            if not self._wants_dev_cert(name):
+                return
+        except Exception:
+            log.exception("choosing a certificate for %r failed", name)
+            return
+        pending = self._issuing.get(name)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        failed_at = self._failed.get(name)
+        if failed_at is not None and time.monotonic() - failed_at < DEV_FAILURE_BACKOFF:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._issuing[name] = fut
+        try:
+            if self._issue_slots is None:
+                self._issue_slots = asyncio.Semaphore(DEV_CONCURRENCY)
+            async with self._issue_slots:
+                cert, key = await worker.issue_server_cert(
+                    self.pki, [name], out_of_process=self.out_of_process
+                )
+            self._add_dev(name, cert, key)
+            self._failed.pop(name, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._failed[name] = time.monotonic()
+            if len(self._failed) > MAX_DEV_CERTS:
+                self._failed.pop(next(iter(self._failed)))
+            log.exception("choosing a certificate for %r failed", name)
+        finally:
+            del self._issuing[name]
+            fut.set_result(None)
 
     def _sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if not server_name:

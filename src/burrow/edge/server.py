@@ -17,20 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from burrow.edge import access_gate
-from burrow.edge.acme_manager import AcmeManager
 from burrow.edge.certs import CertStore
 from burrow.edge.gate import Gate, LimitSettings
 from burrow.edge.public import EyeballProtocol, PublicContext
 from burrow.edge.public_h2 import AlpnDispatch
 from burrow.edge.registry import Registry
 from burrow.edge.remote_config import RemoteConfigs
+from burrow.edge.sni_listener import SniPreparingServer, serve_tls_sni_preparing
 from burrow.edge.tunnel_conn import Accepted, EdgeTunnelConnection
 from burrow.errors import ConfigError, NotFound, RegistrationError, StoreError
 from burrow.net import tls
 from burrow.net.listen import GatedTLSServer, format_hostport, parse_hostport, serve_tls_gated
 from burrow.net.ratelimit import KeyedRateLimiter
 from burrow.observability.metrics import CONTENT_TYPE, EdgeStats, EdgeView
-from burrow.pki.acme import AcmeIssuer, load_or_create_account_key
+from burrow.pki import worker as pki_worker
 from burrow.pki.ca import EdgePKI
 from burrow.store.journal import ConnectionJournal, node_id_for, record_for
 from burrow.store.records import RoutingSnapshot
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from burrow.access.service import AccessService
+    from burrow.edge.acme_manager import AcmeManager  # ACME (and cryptography) only when used
 
 log = logging.getLogger("burrow.edge")
 
@@ -88,6 +89,9 @@ class EdgeConfig:
     acme_challenges: tuple[str, ...] = ("http-01", "tls-alpn-01")  # in order of preference
     acme_dns_hook: str | None = None  # PROGRAM present|cleanup DOMAIN VALUE: dns-01, wildcards
     access_team_domain: str = ""  # hosts the Access login pages (e.g. auth.example.com)
+    # Certificate work (CA, tunnel certificate, development certificates) in a short-lived
+    # child process, keeping cryptography out of the edge: None = unless it is loaded anyway.
+    pki_out_of_process: bool | None = None
 
 
 class EdgeServer(EdgeView):
@@ -100,7 +104,7 @@ class EdgeServer(EdgeView):
         self.store: SQLStore | None = None
         self.pki: EdgePKI | None = None
         self.connections: set[EdgeTunnelConnection] = set()
-        self._servers: list[asyncio.Server | GatedTLSServer] = []
+        self._servers: list[asyncio.Server | GatedTLSServer | SniPreparingServer] = []
         self._admin_runner: web.AppRunner | None = None
         self._admin_setup: asyncio.Task[web.AppRunner] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -143,7 +147,9 @@ class EdgeServer(EdgeView):
     async def start(self) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.pki = EdgePKI.load_or_create(cfg.state_dir, cfg.names)
+        self.pki = await pki_worker.open_edge_pki(
+            cfg.state_dir, cfg.names, out_of_process=cfg.pki_out_of_process
+        )
         self.store = await SQLStore.open(cfg.store_url or store_url_for(cfg.state_dir))
         self.access = access_gate.start_access(self.store, cfg.state_dir, cfg.access_team_domain)
         self.public.access = access_gate.AccessGate(self.access)
@@ -210,26 +216,40 @@ class EdgeServer(EdgeView):
     async def _start_https(self, cfg: EdgeConfig) -> None:
         """The public HTTPS listener: SNI picks the certificate, ALPN picks h2 or HTTP/1.1."""
         assert self.pki is not None
-        self.certs = CertStore(
+        certs = self.certs = await CertStore.create(
             self.pki,
             cfg.names,
             cfg.tls_certs,
             is_routed=lambda host: self.snapshot.lookup(host) is not None,
             dev_certs=not cfg.acme_directory,
+            out_of_process=cfg.pki_out_of_process,
         )
         if cfg.acme_directory:
-            self._start_acme(cfg, self.certs)
+            self._start_acme(cfg, certs)
         loop = asyncio.get_running_loop()
         for addr in cfg.https_listen:
             host, port = parse_hostport(addr, 443)
-            server = await loop.create_server(
-                lambda: AlpnDispatch(self.public),
-                host,
-                port,
-                ssl=self.certs.default,
-                ssl_handshake_timeout=cfg.limits.header_timeout,
-                reuse_address=True,
-            )
+            server: asyncio.Server | SniPreparingServer
+            if certs.dev_certs:
+                # Development certificates are issued before the handshake, once the SNI is
+                # known (see burrow.edge.sni_listener), never inside OpenSSL's callback.
+                server = await serve_tls_sni_preparing(
+                    host,
+                    port,
+                    certs.default,
+                    certs.prepare,
+                    lambda: AlpnDispatch(self.public),
+                    handshake_timeout=cfg.limits.header_timeout,
+                )
+            else:
+                server = await loop.create_server(
+                    lambda: AlpnDispatch(self.public),
+                    host,
+                    port,
+                    ssl=certs.default,
+                    ssl_handshake_timeout=cfg.limits.header_timeout,
+                    reuse_address=True,
+                )
             self._servers.append(server)
             self.https_addresses.append(server.sockets[0].getsockname()[:2])
         if cfg.redirect_https:
@@ -239,6 +259,9 @@ class EdgeServer(EdgeView):
         )
 
     def _start_acme(self, cfg: EdgeConfig, certs: CertStore) -> None:
+        from burrow.edge.acme_manager import AcmeManager
+        from burrow.pki.acme import AcmeIssuer, load_or_create_account_key
+
         assert self.store is not None and cfg.acme_directory is not None
         issuer = AcmeIssuer(
             cfg.acme_directory,

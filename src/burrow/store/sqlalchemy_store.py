@@ -1,6 +1,6 @@
-"""The state store on SQLAlchemy 2 Core (async): SQLite via aiosqlite by default, PostgreSQL
-via asyncpg for multi-node edges. The schema is created and upgraded by Alembic migrations
-(``migrations/``) when the store is opened.
+"""The state store on SQLAlchemy 2 Core (async, through `aio_engine`): SQLite via aiosqlite by
+default, PostgreSQL via asyncpg for multi-node edges. The schema is created and upgraded by
+Alembic migrations (``migrations/``) when the store is opened.
 
 Transactions: every write runs in one transaction that first bumps ``meta.generation``; on
 SQLite that transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up front and
@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from burrow.errors import ConfigError, Conflict, NotFound, StoreError
+from burrow.store.aio_engine import AioConnection, AioEngine, create_aio_engine
 from burrow.store.records import (
     LOGIN_APPROVED,
     LOGIN_DENIED,
@@ -280,7 +280,7 @@ async def at_head(url: str) -> bool:
         if sa_url.get_backend_name() == "sqlite" and not _is_sqlite_file(sa_url):
             return False
         connect_args = {"timeout": 5.0} if sa_url.get_backend_name() == "postgresql" else {}
-        engine = create_async_engine(sa_url, connect_args=connect_args)
+        engine = create_aio_engine(sa_url, connect_args=connect_args)
     except Exception:
         return False
     try:
@@ -309,7 +309,7 @@ def _run_migrations(sync_conn: sa.Connection) -> None:
 class SQLStore:
     """:class:`burrow.store.interface.Store` on SQLAlchemy Core (async)."""
 
-    def __init__(self, engine: AsyncEngine, *, url: URL, busy_timeout_s: float) -> None:
+    def __init__(self, engine: AioEngine, *, url: URL, busy_timeout_s: float) -> None:
         self._engine = engine
         self._url = url
         self._busy_timeout_s = busy_timeout_s
@@ -339,7 +339,7 @@ class SQLStore:
         elif backend == "postgresql":
             connect_args["timeout"] = max(busy_timeout_s, 1.0)  # connect timeout
         try:
-            engine = create_async_engine(
+            engine = create_aio_engine(
                 sa_url, echo=echo, connect_args=connect_args, pool_pre_ping=not backend == "sqlite"
             )
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
@@ -368,7 +368,7 @@ class SQLStore:
     # -- transactions and error mapping -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _tx(self, *, write: bool, bump: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _tx(self, *, write: bool, bump: bool = True) -> AsyncIterator[AioConnection]:
         try:
             async with self._engine.connect() as conn:
                 if write and self._sqlite:
@@ -451,7 +451,7 @@ class SQLStore:
         return None if row is None else _account(row)
 
     @staticmethod
-    async def _default_account_in(conn: AsyncConnection) -> Any:
+    async def _default_account_in(conn: AioConnection) -> Any:
         query = sa.select(accounts_t).join(meta_t, meta_t.c.default_account_id == accounts_t.c.id)
         return (await conn.execute(query.where(meta_t.c.id == 1))).first()
 
@@ -665,7 +665,7 @@ class SQLStore:
 
     async def _create_api_token_in(
         self,
-        conn: AsyncConnection,
+        conn: AioConnection,
         account_id: str | None,
         scopes: Collection[str],
         name: str,
@@ -998,7 +998,7 @@ class SQLStore:
         return int(value)
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
+def _install_sqlite_hooks(engine: AioEngine, busy_timeout_s: float) -> None:
     """Take transaction control away from the sqlite3 module (which would not BEGIN before
     SELECTs) and set WAL, busy_timeout and foreign keys on every new connection."""
     busy_ms = max(int(busy_timeout_s * 1000), 0)

@@ -20,12 +20,6 @@ from typing import Final
 
 from burrow.errors import RemoteProtocolError
 
-_c_apply_mask: Callable[[bytes, bytes], bytes] | None
-try:  # the C helper of the `websockets` package: ~15 GB/s
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover - the pure fallback is ~50x slower
-    _c_apply_mask = None
-
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 OP_CONT: Final = 0x0
@@ -51,15 +45,34 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
 
 
+def _py_apply_mask(data: bytes, mask: bytes) -> bytes:  # pragma: no cover - ~50x slower
+    n = len(data)
+    reps = mask * (n // 4 + 1)
+    return (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(
+        n, "little"
+    )
+
+
+def _first_apply_mask(data: bytes, mask: bytes) -> bytes:
+    """Find the C helper of the `websockets` package (~15 GB/s) on first use, not at import:
+    most connectors never carry a WebSocket, and the package costs a long-running process
+    ~1 MB of RSS. Later calls go straight to the helper found here."""
+    global _apply_mask
+    try:
+        from websockets.speedups import apply_mask as c_apply_mask
+    except ImportError:  # pragma: no cover
+        _apply_mask = _py_apply_mask
+    else:
+        _apply_mask = c_apply_mask
+    return _apply_mask(data, mask)
+
+
+_apply_mask: Callable[[bytes, bytes], bytes] = _first_apply_mask
+
+
 def apply_mask(data: bytes, mask: bytes) -> bytes:
     """XOR `data` with the 4-byte `mask` repeated (masking and unmasking are the same)."""
-    if _c_apply_mask is not None:
-        return _c_apply_mask(data, mask)
-    n = len(data)  # pragma: no cover
-    reps = mask * (n // 4 + 1)  # pragma: no cover
-    return (  # pragma: no cover
-        int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")
-    ).to_bytes(n, "little")
+    return _apply_mask(data, mask)
 
 
 class WebSocketError(RemoteProtocolError):

@@ -275,3 +275,13 @@ def test_client_context_settings(pki: EdgePKI) -> None:
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     # Only the given CA is trusted.
     assert len(ctx.get_ca_certs()) == 1
+
+
+def test_for_ca_leaves_the_tunnel_certificate_alone(pki: EdgePKI, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    leaf = (state / "tunnel.pem").read_bytes()
+    again = EdgePKI.for_ca(state)
+    assert again.ca_pem == pki.ca_pem
+    assert (state / "tunnel.pem").read_bytes() == leaf
+    fresh = EdgePKI.for_ca(tmp_path / "fresh")  # no CA yet: created
+    assert fresh.ca_pem == (tmp_path / "fresh" / "ca.pem").read_bytes()
