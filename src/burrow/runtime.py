@@ -122,3 +122,45 @@ def dump_modules() -> None:
         Path(path).write_text("\n".join(sorted(sys.modules)) + "\n")
     except OSError as exc:
         log.warning("cannot write BURROW_DEBUG_MODULES file %s: %s", path, exc)
+
+
+# The child imports this very copy of burrow, also when it is not installed.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+async def run_child(
+    module: str,
+    *,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    limit_s: float | None = 60.0,
+) -> tuple[int, bytes, bytes]:
+    """Run `python -m module` (this burrow on its path) and return (status, stdout, stderr).
+
+    For work a long-running process should not load the libraries for (schema upgrades,
+    certificates): the child pays for them and exits. Inputs travel on stdin or in `env`, never
+    on the command line (`ps` shows it). The child is killed if it outlives `limit_s` or the
+    caller is cancelled (`limit_s` None: no time limit). Raises OSError when it cannot be started."""
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_PACKAGE_ROOT, child_env.get("PYTHONPATH")) if p
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        env=child_env,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), limit_s)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out, err

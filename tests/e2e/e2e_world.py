@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,12 @@ class Proc:
         code = self.wait(timeout)
         return code, time.monotonic() - t0
 
+    def stop_cleanly(self, timeout: float = 30) -> None:
+        """SIGTERM, then assert a clean exit (status 0), with the log if it was not: a process
+        asked to dump its modules writes the dump on this path."""
+        code, _ = self.stop_and_wait(signal.SIGTERM, timeout)
+        assert code == 0, self.describe()
+
     def kill(self) -> None:
         if self.running():
             os.kill(self.pid, signal.SIGKILL)
@@ -204,6 +211,16 @@ class Edge:
 
 def store_args(store_url: str | None) -> list[str]:
     return ["--store-url", store_url] if store_url else []
+
+
+def dumped_modules(path: Path) -> set[str]:
+    """The `sys.modules` names a process wrote to `path` on SIGTERM (BURROW_DEBUG_MODULES)."""
+    return set(path.read_text().split())
+
+
+def dumped_packages(path: Path) -> set[str]:
+    """The top-level packages in such a dump (`sqlalchemy` for `sqlalchemy.orm`)."""
+    return {name.split(".")[0] for name in dumped_modules(path)}
 
 
 @dataclass
@@ -307,6 +324,41 @@ class E2E:
                 return edge.healthz() is not None and (sd / "edge.json").exists()
 
             wait_until(up, 20, what="the edge's /healthz")
+        return edge
+
+    def start_edge_dumping_modules(
+        self,
+        state_dir: Path,
+        dump: Path,
+        ports: tuple[int, int, int] | None = None,
+        https_port: int | None = None,
+    ) -> Edge:
+        """`burrow edge serve` writing its `sys.modules` to `dump` on SIGTERM, waited for on its
+        public listener and edge.json, not on /healthz as `start_edge` does: that would load
+        the admin API, which is not what a test of the modules it loads is about."""
+        tunnel_port, http_port, admin_port = ports or (free_port(), free_port(), free_port())
+        store_url = self.store_url(state_dir)
+        args = ["edge", "serve", "--state-dir", str(state_dir), *store_args(store_url)]
+        args += ["--tunnel-listen", f"127.0.0.1:{tunnel_port}", "--http-listen"]
+        args += [f"127.0.0.1:{http_port}", "--admin-listen", f"127.0.0.1:{admin_port}"]
+        if https_port is not None:
+            args += ["--https-listen", f"127.0.0.1:{https_port}"]
+        proc = self.spawn("edge", args, {"BURROW_DEBUG_MODULES": str(dump)})
+        edge = Edge(proc, state_dir, tunnel_port, http_port, admin_port, store_url)
+
+        def listening() -> bool:
+            assert proc.running(), proc.describe()
+            if not (state_dir / "edge.json").exists():
+                return False
+            try:
+                urllib.request.urlopen(edge.url("/"), timeout=2)
+            except urllib.error.HTTPError:
+                return True  # any HTTP answer: the public listener is up
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 30, what="the edge's public listener")
         return edge
 
     def create_tunnel(self, edge: Edge, name: str, *hostnames: str) -> dict[str, Any]:

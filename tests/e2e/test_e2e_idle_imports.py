@@ -15,11 +15,9 @@ BURROW_DEBUG_MODULES names a file.
 
 from __future__ import annotations
 
-import signal
-import urllib.request
 from pathlib import Path
 
-from e2e_world import E2E, Edge, free_port, store_args, wait_until
+from e2e_world import E2E, dumped_modules, dumped_packages
 
 HOST = "idle.localhost"
 
@@ -38,16 +36,8 @@ NOT_IN_EDGE_SUBMODULES = {"sqlalchemy.orm", "sqlalchemy.ext.asyncio"}
 CLI_MODULES_ALLOWED = {"burrow.cli", "burrow.cli.main"}
 
 
-def _modules(path: Path) -> set[str]:
-    return set(path.read_text().split())
-
-
-def _loaded(path: Path) -> set[str]:
-    return {name.split(".")[0] for name in _modules(path)}
-
-
 def _cli_modules(path: Path) -> set[str]:
-    return {m for m in _modules(path) if m == "burrow.cli" or m.startswith("burrow.cli.")}
+    return {m for m in dumped_modules(path) if m == "burrow.cli" or m.startswith("burrow.cli.")}
 
 
 def _proc_file(pid: int, name: str) -> list[str]:
@@ -57,28 +47,8 @@ def _proc_file(pid: int, name: str) -> list[str]:
 def test_idle_edge_and_connector_leave_optional_stacks_unloaded(e2e: E2E, tmp_path: Path) -> None:
     edge_dump, conn_dump = tmp_path / "edge.modules", tmp_path / "connector.modules"
     sd = tmp_path / "edge-state"
-    tunnel_port, http_port, admin_port = free_port(), free_port(), free_port()
-    store_url = e2e.store_url(sd)
-    # Started by hand, not with `start_edge`: that waits on /healthz, which loads the admin API.
-    args = ["edge", "serve", "--state-dir", str(sd), *store_args(store_url)]
-    args += ["--tunnel-listen", f"127.0.0.1:{tunnel_port}"]
-    args += ["--http-listen", f"127.0.0.1:{http_port}", "--admin-listen", f"127.0.0.1:{admin_port}"]
-    proc = e2e.spawn("edge", args, {"BURROW_DEBUG_MODULES": str(edge_dump)})
-    edge = Edge(proc, sd, tunnel_port, http_port, admin_port, store_url)
-
-    def listening() -> bool:
-        assert edge.proc.running(), edge.proc.describe()
-        if not (sd / "edge.json").exists():
-            return False
-        try:
-            urllib.request.urlopen(edge.url("/"), timeout=2)
-        except urllib.error.HTTPError:
-            return True  # any HTTP answer: the public listener is up
-        except OSError:
-            return False
-        return True
-
-    wait_until(listening, 20, what="the edge's public listener")
+    # Not `start_edge`: that waits on /healthz, which loads the admin API.
+    edge = e2e.start_edge_dumping_modules(sd, edge_dump)
     made = e2e.create_tunnel(edge, "idle", HOST)
     conn = e2e.run_connector(
         "--token", made["token"], "--url", e2e.origin, env={"BURROW_DEBUG_MODULES": str(conn_dump)}
@@ -95,29 +65,26 @@ def test_idle_edge_and_connector_leave_optional_stacks_unloaded(e2e: E2E, tmp_pa
         assert not any(made["token"] in v for v in environ)
         assert not any(v.startswith("BURROW_NO_REEXEC=") for v in environ)
 
-    code, _ = conn.stop_and_wait(signal.SIGTERM, 30)
-    assert code == 0, conn.describe()
+    conn.stop_cleanly()
 
     # BURROW_NO_REEXEC=1, the escape hatch: the connector runs in the CLI process, as it did.
     inproc_dump = tmp_path / "inprocess.modules"
     env = {"BURROW_DEBUG_MODULES": str(inproc_dump), "BURROW_NO_REEXEC": "1"}
     inproc = e2e.run_connector("--token", made["token"], "--url", e2e.origin, env=env)
     r, _ = e2e.wait_status(edge.url("/echo"), 200, host=HOST, timeout=20)  # only it serves now
-    code, _ = inproc.stop_and_wait(signal.SIGTERM, 30)
-    assert code == 0, inproc.describe()
-    assert "typer" in _loaded(inproc_dump)
+    inproc.stop_cleanly()
+    assert "typer" in dumped_packages(inproc_dump)
     assert "burrow.cli.tunnel" in _cli_modules(inproc_dump)
 
-    code, _ = edge.proc.stop_and_wait(signal.SIGTERM, 30)
-    assert code == 0, edge.proc.describe()
+    edge.proc.stop_cleanly()
 
-    edge_mods, conn_mods = _loaded(edge_dump), _loaded(conn_dump)
+    edge_mods, conn_mods = dumped_packages(edge_dump), dumped_packages(conn_dump)
     # The dumps are real: each process has the stack it does need.
     assert {"burrow", "capnp"} <= conn_mods
     assert {"burrow", "sqlalchemy", "capnp"} <= edge_mods
     assert not edge_mods & NOT_IN_EDGE, sorted(edge_mods & NOT_IN_EDGE)
-    assert not _modules(edge_dump) & NOT_IN_EDGE_SUBMODULES, sorted(
-        _modules(edge_dump) & NOT_IN_EDGE_SUBMODULES
+    assert not dumped_modules(edge_dump) & NOT_IN_EDGE_SUBMODULES, sorted(
+        dumped_modules(edge_dump) & NOT_IN_EDGE_SUBMODULES
     )
     assert not conn_mods & NOT_IN_CONNECTOR, sorted(conn_mods & NOT_IN_CONNECTOR)
     assert _cli_modules(edge_dump) <= CLI_MODULES_ALLOWED, sorted(_cli_modules(edge_dump))

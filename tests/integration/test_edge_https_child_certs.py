@@ -1,6 +1,6 @@
 """Certificate work in a child process (burrow.pki.worker): the CA and tunnel certificate on
 first start, and development certificates issued before the handshake once the SNI is known
-(burrow.edge.sni_listener), without blocking the event loop."""
+(burrow.net.listen.GatedTLSServer with `prepare`), without blocking the event loop."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from burrow.edge.sni_listener import parse_client_hello
 from burrow.errors import ConfigError
 from burrow.pki import worker
 from burrow.pki.ca import CHECK_FILE, EdgePKI
 from burrow.testing.frontdoor import curl, edge_stack
+from burrow.wire.tls_hello import parse_client_hello
 
 NAMES = ["localhost", "127.0.0.1", "::1"]
 

@@ -6,7 +6,7 @@ Sources, in order of preference for a server name:
 2. certificates added at run time (`CertStore.install`, e.g. obtained over ACME);
 3. for development, a certificate from the edge's own CA, issued on first use for a hostname the
    edge routes (never for arbitrary names a client sends) and cached. It is issued before the
-   handshake (`prepare`, awaited by `burrow.edge.sni_listener` once it has read the SNI), in a
+   handshake (`prepare`, awaited by the HTTPS listener (`burrow.net.listen.GatedTLSServer`) once it has read the SNI), in a
    child process (`burrow.pki.worker`) unless `cryptography` is loaded here anyway: an edge
    serving development certificates then never loads it.
 

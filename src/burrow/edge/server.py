@@ -23,7 +23,6 @@ from burrow.edge.public import EyeballProtocol, PublicContext
 from burrow.edge.public_h2 import AlpnDispatch
 from burrow.edge.registry import Registry
 from burrow.edge.remote_config import RemoteConfigs
-from burrow.edge.sni_listener import SniPreparingServer, serve_tls_sni_preparing
 from burrow.edge.tunnel_conn import Accepted, EdgeTunnelConnection
 from burrow.errors import ConfigError, NotFound, RegistrationError, StoreError
 from burrow.net import tls
@@ -104,7 +103,7 @@ class EdgeServer(EdgeView):
         self.store: SQLStore | None = None
         self.pki: EdgePKI | None = None
         self.connections: set[EdgeTunnelConnection] = set()
-        self._servers: list[asyncio.Server | GatedTLSServer | SniPreparingServer] = []
+        self._servers: list[asyncio.Server | GatedTLSServer] = []
         self._admin_runner: web.AppRunner | None = None
         self._admin_setup: asyncio.Task[web.AppRunner] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -229,17 +228,19 @@ class EdgeServer(EdgeView):
         loop = asyncio.get_running_loop()
         for addr in cfg.https_listen:
             host, port = parse_hostport(addr, 443)
-            server: asyncio.Server | SniPreparingServer
+            server: asyncio.Server | GatedTLSServer
             if certs.dev_certs:
                 # Development certificates are issued before the handshake, once the SNI is
-                # known (see burrow.edge.sni_listener), never inside OpenSSL's callback.
-                server = await serve_tls_sni_preparing(
+                # known (see GatedTLSServer), never inside OpenSSL's callback. Connection
+                # limits apply in the eyeball protocols, as with create_server.
+                server = await serve_tls_gated(
                     host,
                     port,
                     certs.default,
-                    certs.prepare,
-                    lambda: AlpnDispatch(self.public),
+                    lambda _ip: True,
+                    lambda _ip: AlpnDispatch(self.public),
                     handshake_timeout=cfg.limits.header_timeout,
+                    prepare=certs.prepare,
                 )
             else:
                 server = await loop.create_server(

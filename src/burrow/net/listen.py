@@ -6,7 +6,9 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from burrow.wire.tls_hello import parse_client_hello
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,60 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def peek_server_name(sock: socket.socket) -> str | None:
+    """The SNI of the ClientHello waiting on `sock`, without consuming any byte of it."""
+    loop = asyncio.get_running_loop()
+    need = 5
+    lowat = 1
+    try:
+        while True:
+            try:
+                data = sock.recv(max(need, 4096), socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            if data is not None:
+                if not data:
+                    return None  # closed before saying anything
+                done, name, need = parse_client_hello(data)
+                if done:
+                    return name
+                if len(data) >= need:  # cannot happen: parse asked for more than it had
+                    return None
+                # Wake up only once `need` bytes are there (the peeked ones stay readable).
+                lowat = need
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            await _readable(loop, sock)
+    finally:
+        if lowat != 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
 class GatedTLSServer:
     """A TLS listener that asks `admit(peer_ip)` before spending any handshake work.
 
     It accepts sockets itself and hands admitted ones to `connect_accepted_socket` with TLS;
     refused ones are closed at once. (`loop.start_tls` from a plain protocol would also work on
     asyncio, but uvloop's server-side start_tls resets the connection.)
+
+    With `prepare`, the ClientHello's SNI is peeked at first (``MSG_PEEK``: the bytes stay for
+    OpenSSL) and `prepare(server_name)` awaited before the handshake: OpenSSL's SNI callback is
+    synchronous, so a certificate made on first use (the edge's development certificates,
+    issued in a child process) must be ready before it runs. The whole wait counts against the
+    handshake timeout.
     """
 
     def __init__(
@@ -58,8 +108,10 @@ class GatedTLSServer:
         admit: Callable[[str], bool],
         make_protocol: Callable[[str], asyncio.Protocol],
         handshake_timeout: float,
+        prepare: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.sockets = [sock]
+        self._prepare = prepare
         self._sock = sock
         self._ssl = ssl_context
         self._admit = admit
@@ -90,13 +142,25 @@ class GatedTLSServer:
 
     async def _handshake(self, conn: socket.socket, ip: str) -> None:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
+            if self._prepare is not None:
+                async with asyncio.timeout_at(deadline):
+                    name = await peek_server_name(conn)
+                    if name:
+                        await self._prepare(name)
             await loop.connect_accepted_socket(
-                lambda: self._make(ip), conn, ssl=self._ssl, ssl_handshake_timeout=self._timeout
+                lambda: self._make(ip),
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=max(0.1, deadline - loop.time()),
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.debug("TLS handshake with %s failed: %s", ip, exc)
             conn.close()
+        except BaseException:
+            conn.close()
+            raise
 
     def close(self) -> None:
         self._task.cancel()
@@ -119,8 +183,9 @@ async def serve_tls_gated(
     make_protocol: Callable[[str], asyncio.Protocol],
     *,
     handshake_timeout: float = 10.0,
+    prepare: Callable[[str], Awaitable[None]] | None = None,
 ) -> GatedTLSServer:
-    """A TLS server whose `admit` check runs before any handshake work is spent."""
+    """A TLS server whose `admit` check (and `prepare`) run before any handshake work."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -134,4 +199,4 @@ async def serve_tls_gated(
         sock.close()
         raise
     sock.setblocking(False)
-    return GatedTLSServer(sock, ssl_context, admit, make_protocol, handshake_timeout)
+    return GatedTLSServer(sock, ssl_context, admit, make_protocol, handshake_timeout, prepare)

@@ -24,10 +24,8 @@ in-process `load_or_create`, which raises whatever error it always did.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +33,10 @@ from typing import Any
 
 from burrow.errors import ConfigError
 from burrow.pki.ca import EdgePKI, normalize_names
+from burrow.runtime import run_child
 
 log = logging.getLogger("burrow.pki")
 
-# The child imports this very copy of burrow, also when it is not installed.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 #: Exit status of a child that refused the request with a ConfigError (message on stderr).
 _CONFIG_ERROR = 3
 #: A child that takes longer than this is killed (it normally needs well under a second).
@@ -56,34 +53,17 @@ class _ChildFailed(Exception):
 
 
 async def _run_child(request: dict[str, Any]) -> bytes:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "burrow.pki.worker",
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        status, out, err = await run_child(
+            "burrow.pki.worker", stdin=json.dumps(request).encode(), limit_s=CHILD_TIMEOUT
         )
     except OSError as exc:
         raise _ChildFailed(f"cannot start {sys.executable}: {exc}") from None
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(json.dumps(request).encode()), CHILD_TIMEOUT
-        )
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
     message = err.decode(errors="replace").strip()
-    if proc.returncode == _CONFIG_ERROR:
+    if status == _CONFIG_ERROR:
         raise ConfigError(message.splitlines()[-1] if message else "certificate work failed")
-    if proc.returncode != 0:
-        raise _ChildFailed(message.splitlines()[-1] if message else f"exit {proc.returncode}")
+    if status != 0:
+        raise _ChildFailed(message.splitlines()[-1] if message else f"exit {status}")
     return out
 
 

@@ -17,39 +17,29 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
 
 log = logging.getLogger("burrow.store")
 
 _URL_ENV = "BURROW_MIGRATE_URL"
-# The child imports this very copy of burrow, also when it is not installed.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 async def migrate_out_of_process(url: str) -> bool:
     """Bring the store at `url` to the latest revision in a child process unless it is there
     already. Returns whether the store is at the latest revision afterwards."""
+    from burrow.runtime import run_child
     from burrow.store.sqlalchemy_store import at_head
 
     if await at_head(url):
         return True
-    env = dict(os.environ)
-    env[_URL_ENV] = url
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "burrow.store.migrate",
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
+    try:
+        status, _, err = await run_child("burrow.store.migrate", env={_URL_ENV: url}, limit_s=None)
+    except OSError as exc:
+        log.debug("cannot start the migration child (migrating in-process): %s", exc)
+        return False
+    if status != 0:
         log.debug(
             "out-of-process migration failed (migrating in-process): %s",
-            err.decode(errors="replace").strip().splitlines()[-1:] or proc.returncode,
+            err.decode(errors="replace").strip().splitlines()[-1:] or status,
         )
         return False
     return True

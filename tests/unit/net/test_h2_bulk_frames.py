@@ -13,26 +13,7 @@ import h2.connection
 import h2.events
 
 from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
-
-
-class Sink(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: list[bytes] = []
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.out.append(bytes(data))
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def take(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
+from burrow.testing.h2_memory import Sink
 
 
 class Collect:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import defaultdict
 from typing import Any
 
 import h2.config
@@ -18,7 +17,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
 
 from burrow.net.h2conn import (
     STREAM_HIGH_WATER,
@@ -28,7 +27,8 @@ from burrow.net.h2conn import (
     H2Stream,
     Headers,
 )
-from burrow.wire.h2core import PING, PREFACE, frame_header
+from burrow.testing.h2_memory import Peer, Sink, parse_frames
+from burrow.wire.h2core import PING, frame_header
 
 REQUEST: Headers = [
     (b":method", b"POST"),
@@ -38,40 +38,6 @@ REQUEST: Headers = [
 ]
 GET: Headers = [(b":method", b"GET"), *REQUEST[1:]]
 OK: Headers = [(b":status", b"200")]
-
-
-class Sink(asyncio.Transport):
-    """Collects what the endpoint writes; remembers close/abort."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: list[bytes] = []
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: Any) -> None:
-        self.out.append(bytes(data))
-
-    def writelines(self, list_of_data: Any) -> None:
-        for piece in list_of_data:
-            self.out.append(bytes(piece))
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def take(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
 
 
 class Handler:
@@ -131,53 +97,6 @@ class Server(H2Endpoint):
             self.answer(stream, handler, headers, end_stream)
 
 
-class Peer:
-    def __init__(self, *, client_side: bool, auto_ack: bool = True) -> None:
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=client_side, header_encoding=None)
-        )
-        self.conn.initiate_connection()
-        self.auto_ack = auto_ack
-        self.events: list[h2.events.Event] = []
-        self.bodies: dict[int, bytearray] = defaultdict(bytearray)
-        self.flow: dict[int, int] = defaultdict(int)
-        self.outbound: dict[int, list[Any]] = {}
-
-    def send(self, stream_id: int, body: bytes, end: bool = True) -> None:
-        self.outbound[stream_id] = [memoryview(body), end]
-
-    def pump(self) -> None:
-        conn = self.conn
-        for stream_id, entry in list(self.outbound.items()):
-            data, end = entry
-            while data:
-                room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-                n = min(room, len(data))
-                if n <= 0:
-                    break
-                conn.send_data(stream_id, bytes(data[:n]), end_stream=end and n == len(data))
-                data = data[n:]
-            entry[0] = data
-            if not data:
-                del self.outbound[stream_id]
-
-    def receive(self, data: bytes) -> None:
-        for event in self.conn.receive_data(data):
-            self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                assert event.stream_id is not None and event.data is not None
-                assert event.flow_controlled_length is not None
-                self.bodies[event.stream_id] += event.data
-                self.flow[event.stream_id] += event.flow_controlled_length
-                if self.auto_ack:
-                    self.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
 async def exchange(
     endpoint: H2Endpoint,
     sink: Sink,
@@ -209,20 +128,6 @@ async def connect(endpoint: H2Endpoint, peer: Peer) -> Sink:
     endpoint.connection_made(sink)
     await exchange(endpoint, sink, peer)
     return sink
-
-
-def frames_of(data: bytes) -> list[Frame]:
-    if data.startswith(PREFACE):
-        data = data[len(PREFACE) :]
-    view = memoryview(data)
-    frames: list[Frame] = []
-    pos = 0
-    while pos < len(data):
-        frame, length = Frame.parse_frame_header(view[pos : pos + 9])
-        frame.parse_body(view[pos + 9 : pos + 9 + length])
-        frames.append(frame)
-        pos += 9 + length
-    return frames
 
 
 def echo(stream: H2Stream, handler: Handler, headers: Headers, end_stream: bool) -> None:
@@ -495,7 +400,7 @@ async def test_malformed_eyeball_request_never_reaches_on_request() -> None:
     frame.flags.add("END_STREAM")
     server.data_received(bytes(frame.serialize()))
     assert server.requests == {} and server.streams == {}
-    resets = [f for f in frames_of(sink.take()) if f.stream_id == 1]
+    resets = [f for f in parse_frames(sink.take()) if f.stream_id == 1]
     assert [type(f).__name__ for f in resets] == ["RstStreamFrame"]
 
 
@@ -503,7 +408,7 @@ async def test_connection_error_writes_goaway_and_aborts() -> None:
     server, peer = Server(), Peer(client_side=True)
     sink = await connect(server, peer)
     server.data_received(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # zero WU
-    (goaway,) = [f for f in frames_of(sink.take()) if isinstance(f, GoAwayFrame)]
+    (goaway,) = [f for f in parse_frames(sink.take()) if isinstance(f, GoAwayFrame)]
     assert goaway.error_code == ErrorCode.PROTOCOL_ERROR
     assert sink.aborted
 
@@ -544,7 +449,7 @@ async def test_write_after_headers_with_end_stream_sends_no_data() -> None:
     stream.write(b"late")
     await asyncio.sleep(0)
     server._flush_now()
-    frames = [f for f in frames_of(sink.take()) if f.stream_id == 1]
+    frames = [f for f in parse_frames(sink.take()) if f.stream_id == 1]
     assert [type(f) for f in frames] == [HeadersFrame], "DATA after END_STREAM"
     assert not [f for f in frames if isinstance(f, DataFrame)]
 

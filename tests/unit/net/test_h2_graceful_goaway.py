@@ -7,32 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
-
-
-class Pipe(asyncio.Transport):
-    """In-memory transport: bytes written go to `peer.data_received` on the next tick."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.peer: H2Endpoint | None = None
-        self.closed = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        peer = self.peer
-        if peer is not None and not self.closed:
-            asyncio.get_running_loop().call_soon(peer.data_received, bytes(data))
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
+from burrow.testing.h2_memory import Pipe
 
 
 class Collect:

@@ -13,31 +13,9 @@ import h2.settings
 import pytest
 
 from burrow.net.h2conn import H2Endpoint, H2Stream, Headers, StreamLimitError
+from burrow.testing.h2_memory import Sink
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"o"), (b":path", b"/")]
-
-
-class Sink(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: list[bytes] = []
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.out.append(bytes(data))
-
-    def writelines(self, data: list[bytes]) -> None:  # type: ignore[override]
-        self.out.extend(bytes(d) for d in data)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def take(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
 
 
 class Done:

@@ -31,6 +31,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from burrow.testing.h2_memory import Peer, parse_frames
 from burrow.wire.h2core import (
     CONTINUATION,
     DATA,
@@ -215,68 +216,6 @@ class Core(H2Core):
             self._maybe_forget(stream)
 
 
-class Peer:
-    """The reference `h2` connection, acking received data at once unless told otherwise."""
-
-    def __init__(self, *, client_side: bool, auto_ack: bool = True, **config: Any) -> None:
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=client_side, header_encoding=None, **config)
-        )
-        self.conn.initiate_connection()
-        self.auto_ack = auto_ack
-        self.events: list[h2.events.Event] = []
-        self.bodies: dict[int, bytearray] = defaultdict(bytearray)
-        self.flow: dict[int, int] = defaultdict(int)  # flow-controlled bytes received per stream
-        self.outbound: dict[int, list[Any]] = {}  # stream id -> [body, end, trailers, pad]
-
-    def send(
-        self,
-        stream_id: int,
-        body: bytes,
-        *,
-        end: bool = True,
-        trailers: Headers | None = None,
-        pad: int | None = None,
-    ) -> None:
-        self.outbound[stream_id] = [memoryview(body), end, trailers, pad]
-
-    def pump(self) -> None:
-        conn = self.conn
-        for stream_id, entry in list(self.outbound.items()):
-            data, end, trailers, pad = entry
-            overhead = 0 if pad is None else pad + 1
-            while data:
-                room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-                n = min(len(data), room - overhead)
-                if n <= 0:
-                    break
-                last = n == len(data) and end and trailers is None
-                conn.send_data(stream_id, bytes(data[:n]), end_stream=last, pad_length=pad)
-                data = data[n:]
-            entry[0] = data
-            if data:
-                continue
-            del self.outbound[stream_id]
-            if trailers is not None:
-                conn.send_headers(stream_id, trailers, end_stream=True)
-
-    def receive(self, data: bytes) -> None:
-        for event in self.conn.receive_data(data):
-            self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                assert event.stream_id is not None and event.data is not None
-                assert event.flow_controlled_length is not None
-                self.bodies[event.stream_id] += event.data
-                self.flow[event.stream_id] += event.flow_controlled_length
-                if self.auto_ack:
-                    self.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
 def take(core: H2Core) -> bytes:
     return b"".join(bytes(piece) for piece in core.take_output())
 
@@ -316,22 +255,6 @@ def pair(
     p = Peer(client_side=not core_client, **(peer or {}))
     exchange(c, p)
     return c, p
-
-
-def parse_frames(data: bytes) -> list[Frame]:
-    """Every frame in `data` (after an optional client preface), parsed by hyperframe."""
-    if data.startswith(PREFACE):
-        data = data[len(PREFACE) :]
-    view = memoryview(data)
-    frames: list[Frame] = []
-    pos = 0
-    while pos < len(data):
-        frame, length = Frame.parse_frame_header(view[pos : pos + 9])
-        frame.parse_body(view[pos + 9 : pos + 9 + length])
-        frames.append(frame)
-        pos += 9 + length
-    assert pos == len(data)
-    return frames
 
 
 def raw(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
