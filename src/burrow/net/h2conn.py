@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from burrow.wire.h2core import CoreStream, ErrorCode, H2ConnectionError, H2Core, Setting
@@ -193,7 +194,7 @@ class H2Stream(CoreStream):
         return True
 
 
-class H2Endpoint(H2Core, asyncio.Protocol):
+class H2Endpoint(H2Core, asyncio.BufferedProtocol):
     """Base protocol: owns the streams, write coalescing and flow control."""
 
     def __init__(
@@ -240,11 +241,21 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self._flush_now()
         self.h2_ready()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.recv_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.closed:
+            self._received(self.recv_done, nbytes)
+
     def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
+        """For callers that hand bytes over (tests, in-memory transports)."""
+        if not self.closed:
+            self._received(self.receive, data)
+
+    def _received(self, feed: Callable[[Any], None], arg: Any) -> None:
         try:
-            self.receive(data)
+            feed(arg)
         except H2ConnectionError as exc:
             log.warning("h2 protocol error from peer: %s", exc)
             self._flush_now()

@@ -75,7 +75,9 @@ _HEADER = struct.Struct("!BHBBL")  # length (24 bits as 8+16), type, flags, stre
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 _U32 = struct.Struct("!L")
-_BIG_FRAME = 64 << 10  # DATA frames at least this large are reassembled from a list of pieces
+_BIG_FRAME = 64 << 10  # DATA frames at least this large are received into a buffer of their own
+_RECV_BUFFER = 256 << 10  # the receive buffer (grows for larger non-DATA frames)
+_MIN_READ = 16 << 10  # free space below which the buffer is compacted before a read
 _SETTING = struct.Struct("!HL")
 
 
@@ -143,7 +145,9 @@ class H2Core:
         self.validate_headers = validate_headers
         self.streams: dict[int, Any] = {}
         self.out: list[bytes | memoryview] = []
-        self._buf = bytearray()
+        self._rbuf = bytearray(_RECV_BUFFER)
+        self._rstart = 0  # first byte not parsed yet
+        self._rend = 0  # end of the bytes received
         self._need_preface = not client_side
         self._encoder = FastEncoder()
         self._decoder = FastDecoder()
@@ -168,8 +172,10 @@ class H2Core:
         self.goaway_sent = False
         self.goaway_received = False
         self._continuation: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
-        # (payload pieces, bytes still missing, type, flags, stream) of a large frame in transit
-        self._big: tuple[list[bytes | bytearray], int, int, int, int] | None = None
+        # A large DATA frame being received into its own buffer: (flags, stream) and fill.
+        self._payload: bytearray | None = None
+        self._payload_fill = 0
+        self._payload_frame = (0, 0)
         self.local_connect_protocol = enable_connect_protocol and not client_side
         self._initial_settings = {
             Setting.ENABLE_PUSH: 0,
@@ -310,66 +316,103 @@ class H2Core:
     # --- input -------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Feed bytes from the transport; hooks are called for each complete frame.
+        """Feed bytes read elsewhere (tests, plain `data_received` transports): copied into
+        the receive buffer, then parsed as by `recv_done`."""
+        view = memoryview(data)
+        pos, n = 0, len(view)
+        while pos < n:
+            buf = self.recv_buffer()
+            k = min(len(buf), n - pos)
+            buf[:k] = view[pos : pos + k]
+            pos += k
+            self.recv_done(k)
+
+    def recv_buffer(self) -> memoryview:
+        """Where the transport should put the next bytes it reads (`BufferedProtocol`).
+
+        Normally free space in the receive buffer. While a large DATA frame is arriving it is
+        the rest of that frame's own payload buffer, so TLS decrypts the body straight into
+        the bytes handed to the owner: no copy of bulk data in Python."""
+        payload = self._payload
+        if payload is not None:
+            return memoryview(payload)[self._payload_fill :]
+        if len(self._rbuf) - self._rend < _MIN_READ:
+            self._make_room()
+        return memoryview(self._rbuf)[self._rend :]
+
+    def recv_done(self, nbytes: int) -> None:
+        """`nbytes` were written into the last `recv_buffer`: handle every complete frame.
 
         Raises `H2ConnectionError` (GOAWAY already queued) when the peer broke the protocol."""
-        big = self._big
-        if big is not None:
-            # A large frame arriving over many reads: its payload pieces are joined once.
-            parts, need, ftype, flags, stream_id = big
-            if len(data) < need:
-                parts.append(data)
-                self._big = (parts, need - len(data), ftype, flags, stream_id)
-                return
-            parts.append(data[:need] if len(data) > need else data)
-            self._big = None
-            self._dispatch(ftype, flags, stream_id, b"".join(parts))
-            data = data[need:]
-            if not data:
-                return
-        buf = self._buf
-        if buf:
-            buf += data
-            source: bytes | bytearray = buf
-        else:
-            source = data
-        pos = 0
+        payload = self._payload
+        if payload is not None:
+            self._payload_fill += nbytes
+            if self._payload_fill == len(payload):
+                flags, stream_id = self._payload_frame
+                self._payload = None
+                self._dispatch(DATA, flags, stream_id, payload)
+            return
+        self._rend += nbytes
+        self._parse()
+
+    def _parse(self) -> None:
+        buf = self._rbuf
+        pos, end = self._rstart, self._rend
         if self._need_preface:
-            if len(source) < len(PREFACE):
-                if not PREFACE.startswith(bytes(source)):
-                    self._fail(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
-                self._keep(source, 0)
-                return
-            if source[: len(PREFACE)] != PREFACE:
+            head = bytes(buf[pos : min(end, pos + len(PREFACE))])
+            if not PREFACE.startswith(head):
                 self._fail(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
-            pos = len(PREFACE)
+            if len(head) < len(PREFACE):
+                return
+            pos += len(PREFACE)
             self._need_preface = False
-        n = len(source)
         max_frame = self.local_max_frame
         dispatch = self._dispatch
+        view = memoryview(buf)
         try:
-            while n - pos >= 9:
-                hi, lo, ftype, flags, stream_id = _unpack_header(source, pos)
+            while end - pos >= 9:
+                hi, lo, ftype, flags, stream_id = _unpack_header(buf, pos)
                 length = (hi << 16) | lo
                 if length > max_frame:
                     self._fail(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                end = pos + 9 + length
-                if end > n:
+                frame_end = pos + 9 + length
+                if frame_end > end:
                     if ftype == DATA and length >= _BIG_FRAME:
-                        self._big = (
-                            [source[pos + 9 : n]],
-                            end - n,
-                            ftype,
-                            flags,
-                            stream_id & 0x7FFFFFFF,
-                        )
-                        pos = n
+                        # The body goes to a buffer of its own, filled by the next reads.
+                        payload = bytearray(length)
+                        have = end - pos - 9
+                        payload[:have] = view[pos + 9 : end]
+                        self._payload = payload
+                        self._payload_fill = have
+                        self._payload_frame = (flags, stream_id & 0x7FFFFFFF)
+                        pos = end
                     break
                 start = pos + 9
-                pos = end
-                dispatch(ftype, flags, stream_id & 0x7FFFFFFF, source[start:end])
+                pos = frame_end
+                dispatch(ftype, flags, stream_id & 0x7FFFFFFF, bytes(view[start:frame_end]))
         finally:
-            self._keep(source, pos)
+            view.release()
+            if pos >= end:
+                self._rstart = self._rend = 0
+            else:
+                self._rstart = pos
+
+    def _make_room(self) -> None:
+        """Move a partial frame to the front of the receive buffer, growing the buffer when
+        that frame (a large non-DATA frame, up to MAX_FRAME_SIZE) does not fit."""
+        start, end = self._rstart, self._rend
+        pending = end - start
+        need = pending + _MIN_READ
+        if pending >= 9:
+            hi, lo = _unpack_header(self._rbuf, start)[:2]
+            need = max(need, 9 + ((hi << 16) | lo))
+        if need > len(self._rbuf):
+            grown = bytearray(need)
+            grown[:pending] = self._rbuf[start:end]
+            self._rbuf = grown
+        elif start:
+            self._rbuf[:pending] = self._rbuf[start:end]
+        self._rstart, self._rend = 0, pending
 
     def _dispatch(self, ftype: int, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
         if self._continuation is not None and ftype != CONTINUATION:
@@ -398,15 +441,6 @@ class H2Core:
         elif ftype == PUSH_PROMISE:
             self._fail(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE is disabled")
         # Unknown frame types are ignored (RFC 9113 5.5).
-
-    def _keep(self, source: bytes | bytearray, pos: int) -> None:
-        if source is self._buf:
-            if pos:
-                del self._buf[:pos]
-        elif pos < len(source):
-            self._buf = bytearray(source[pos:] if pos else source)
-        if len(self._buf) > self.local_max_frame + 9 + len(PREFACE):
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "oversized frame")
 
     def _fail(self, code: int, message: str) -> None:
         self.send_goaway(code, message.encode()[:256])

@@ -396,8 +396,9 @@ def test_core_client_against_h2_server_random_cuts(seed: int) -> None:
     assert core.streams == {}
 
 
-def test_large_data_frames_take_the_reassembly_path() -> None:
-    """DATA frames of 64 KiB and more arriving over many reads are joined once (`_big`)."""
+def test_large_data_frames_are_read_into_their_own_buffer() -> None:
+    """DATA frames of 64 KiB and more arriving over many reads are read straight into a buffer
+    of their own (`_payload`, what `recv_buffer` hands the transport), which becomes the data."""
     options = {
         "max_frame_size": 1 << 20,
         "initial_window": 4 << 20,
@@ -413,11 +414,12 @@ def test_large_data_frames_take_the_reassembly_path() -> None:
     headers_len = 9 + int.from_bytes(wire[:3], "big")
     # The first big frame cut in three reads: header+some, middle, rest+more.
     core.receive(wire[: headers_len + 100])
-    assert core._big is not None
+    assert core._payload is not None
+    assert len(core.recv_buffer()) == (1 << 20) - 100 + 9
     core.receive(wire[headers_len + 100 : headers_len + 500_000])
-    assert core._big is not None
+    assert core._payload is not None
     core.receive(wire[headers_len + 500_000 :])
-    assert core._big is None
+    assert core._payload is None
     assert bytes(core.bodies[1]) == body[: 1 << 20]
     # The rest with random cuts, some frames padded.
     peer.send(1, body[1 << 20 :], pad=200)
