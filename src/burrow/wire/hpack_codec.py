@@ -31,6 +31,8 @@ _STATIC_LEN = len(_STATIC)
 _STATIC_MAP: dict[bytes, tuple[int, dict[bytes, int]]] = HeaderTable.STATIC_TABLE_MAPPING
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _CACHE_MAX = 1024
+_BLOCK_CACHE_ENTRIES = 256  # decoded plain header blocks remembered by FastDecoder
+_BLOCK_CACHE_BYTES = 2048  # only blocks up to this size
 
 
 def _int(value: int, prefix_bits: int, first: int) -> bytes:
@@ -115,12 +117,28 @@ def _bytes(value: Any) -> bytes:
 
 
 class FastDecoder(hpack.Decoder):
-    """Stateless fast path for plain blocks, `hpack.Decoder` for everything else."""
+    """Stateless fast path for plain blocks, `hpack.Decoder` for everything else.
+
+    A plain block's meaning depends on its bytes only, so decoded plain blocks are remembered
+    (bounded): a tunnel's responses repeat the same block (status, the serialised origin
+    headers) until a value such as Date changes, and then cost one dict lookup."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._blocks: dict[bytes, list[Any]] = {}
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         if raw:
+            known = self._blocks.get(data)
+            if known is not None:
+                return list(known)
             headers = self._fast(data)
             if headers is not None:
+                if len(data) <= _BLOCK_CACHE_BYTES:
+                    if len(self._blocks) >= _BLOCK_CACHE_ENTRIES:
+                        self._blocks.clear()
+                    self._blocks[data] = headers
+                    return list(headers)
                 return headers
         return super().decode(data, raw)
 

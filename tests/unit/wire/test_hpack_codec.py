@@ -89,3 +89,15 @@ def test_truncated_block_is_an_error() -> None:
     block = FastEncoder().encode([(b"x-custom", b"value")])
     with pytest.raises(hpack.HPACKError):
         FastDecoder().decode(block[:-2], raw=True)
+
+
+def test_repeated_plain_blocks_decode_from_memory_and_stay_independent() -> None:
+    headers = [(b":status", b"200"), (b"cf-cloudflared-response-headers", b"Q29udGVudC1UeXBl")]
+    block = FastEncoder().encode(headers)
+    decoder = FastDecoder()
+    first = decoder.decode(block, raw=True)
+    assert [tuple(h) for h in first] == headers
+    first.append((b"x-mutated", b"1"))  # a caller's list is its own
+    second = decoder.decode(block, raw=True)
+    assert [tuple(h) for h in second] == headers
+    assert block in decoder._blocks
