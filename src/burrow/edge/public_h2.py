@@ -147,7 +147,7 @@ class H2Exchange:
                 stream.consumed(n)
                 return
             if n:
-                if eyeball.write(data) and not self._tunnel_withheld:
+                if eyeball.write(data, owned=True) and not self._tunnel_withheld:
                     stream.consumed(n)
                 else:
                     self._tunnel_withheld += n
@@ -168,7 +168,7 @@ class H2Exchange:
                 self._refuse_body()
                 return
         if n:
-            if tunnel.write(data) and not self._eyeball_withheld:
+            if tunnel.write(data, owned=True) and not self._eyeball_withheld:
                 stream.consumed(n)
             else:
                 self._eyeball_withheld += n

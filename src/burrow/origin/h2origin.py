@@ -235,7 +235,7 @@ class H2Relay:
 
     def _to_origin(self, data: bytes) -> None:
         assert self.origin is not None
-        if self.origin.write(data):
+        if self.origin.write(data, owned=True):
             self.stream.consumed(len(data))
         else:
             self._edge_unacked += len(data)
