@@ -212,7 +212,7 @@ def _flush_output() -> None:
 # a download, measured with perf). Fixed, larger thresholds keep those buffers in the heap and
 # reuse them. Only read by glibc at start, hence set for the re-executed server (the user's own
 # values win); memory stays bounded by the flow-control windows.
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
 
 
 def handoff(spec: EdgeLaunch | ConnectorLaunch) -> None:
