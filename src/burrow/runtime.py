@@ -10,6 +10,7 @@ path (`burrow demo`, `BURROW_NO_REEXEC=1`) and the re-executed one share it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
 def die(message: str, code: int = 1) -> NoReturn:
     """`error: MESSAGE` on stderr and exit `code`: byte for byte what the CLI's `fail` prints,
     without the CLI framework."""
@@ -51,14 +55,20 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 
 def report_errors(fn: Callable[[], T]) -> T:
-    """Run `fn`; a BurrowError becomes `error: ...` and exit status 1, Ctrl-C exit status 130,
-    as in every other burrow command."""
+    """Run `fn`; a BurrowError (or a listener that cannot bind) becomes `error: ...` and exit
+    status 1, Ctrl-C exit status 130, as in every other burrow command."""
     try:
         return fn()
     except BurrowError as exc:
         die(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        # A listener that cannot bind (port taken, privileged port): the address is in the
+        # message; a traceback would only hide it.
+        die(str(exc))
 
 
 def tune_gc() -> None:
