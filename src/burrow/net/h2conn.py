@@ -34,6 +34,7 @@ MAX_HEADER_LIST_SIZE = 1 << 20
 STREAM_HIGH_WATER = 1 << 20  # pending outbound bytes per stream before the producer is paused
 STREAM_LOW_WATER = 256 << 10
 _COALESCE_BELOW = 64 << 10  # output pieces smaller than this are joined into one write
+_EARLY_FLUSH = 8  # queued frames (+ streams with data) written without waiting for the loop
 _MAX_UNREAD = 64 << 20  # bytes queued on a transport the peer does not read before we give up
 
 __all__ = [
@@ -226,6 +227,7 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._blocked: dict[int, H2Stream] = {}
         self._flush_scheduled = False
+        self._flushing = False
         self._write_paused = False
         self._loop = asyncio.get_event_loop()
         self.closed = False
@@ -387,6 +389,12 @@ class H2Endpoint(H2Core, asyncio.Protocol):
     # --- output -------------------------------------------------------------------------------
 
     def schedule_flush(self) -> None:
+        if len(self.out) + len(self._blocked) >= _EARLY_FLUSH and not self._flushing:
+            # Many frames queued within one loop iteration (a burst of requests or responses):
+            # send them now rather than after the whole burst, so the peer process can start
+            # on them on the other core while this one reads the rest.
+            self._flush_now()
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
@@ -396,7 +404,11 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         if self._blocked and not self._write_paused:
-            self._drain_blocked()
+            self._flushing = True  # handlers woken here may queue more: no nested flush
+            try:
+                self._drain_blocked()
+            finally:
+                self._flushing = False
         out = self.out
         if not out:
             return
