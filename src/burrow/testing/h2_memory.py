@@ -11,7 +11,9 @@ three pieces, kept here once:
 - `Peer`: the reference `h2` connection, sending bodies (with trailers or padding) within its
   flow-control windows and recording what it receives;
 - `parse_frames`: what an endpoint wrote, frame by frame, parsed by `hyperframe` (for checks
-  on the exact frames, where `h2` would only report events).
+  on the exact frames, where `h2` would only report events);
+- `EndHandler`: a stream handler that drains data and records whether the stream ended or was
+  reset.
 
 Test-only: it imports `h2`, which burrow itself no longer uses on any data path.
 """
@@ -175,3 +177,30 @@ def parse_frames(data: bytes) -> list[Frame]:
         pos += 9 + length
     assert pos == len(data)
     return frames
+
+
+class EndHandler:
+    """A `StreamHandler` that returns credit for all data and records the stream's end."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.reset_code: int | None = None
+
+    def on_headers(self, stream: Any, headers: Headers, end_stream: bool) -> None:
+        self.ended = self.ended or end_stream
+
+    def on_data(self, stream: Any, data: bytes, end_stream: bool) -> None:
+        stream.consumed(len(data))
+        self.ended = self.ended or end_stream
+
+    def on_trailers(self, stream: Any, headers: Headers) -> None:
+        self.ended = True
+
+    def on_end(self, stream: Any) -> None:
+        self.ended = True
+
+    def on_reset(self, stream: Any, error_code: int) -> None:
+        self.reset_code = error_code
+
+    def on_writable(self, stream: Any) -> None:
+        pass

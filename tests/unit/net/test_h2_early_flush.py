@@ -7,40 +7,20 @@ from __future__ import annotations
 
 import asyncio
 
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
-from burrow.testing.h2_memory import Sink
+from burrow.net.h2conn import H2Endpoint
+from burrow.testing.h2_memory import EndHandler, Sink
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"t"), (b":path", b"/")]
-
-
-class Ignore:
-    def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
-        pass
-
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
-        stream.consumed(len(data))
-
-    def on_trailers(self, stream: H2Stream, headers: Headers) -> None:
-        pass
-
-    def on_end(self, stream: H2Stream) -> None:
-        pass
-
-    def on_reset(self, stream: H2Stream, error_code: int) -> None:
-        pass
-
-    def on_writable(self, stream: H2Stream) -> None:
-        pass
 
 
 async def test_a_burst_of_requests_is_written_before_the_loop_turns() -> None:
     client, sink = H2Endpoint(client_side=True), Sink()
     client.connection_made(sink)
     sink.take()  # the preface
-    client.open_stream(REQUEST, Ignore(), end_stream=True)
+    client.open_stream(REQUEST, EndHandler(), end_stream=True)
     assert sink.take() == b""  # one request waits for the loop's flush (one write per burst)
     for _ in range(63):  # 64 eyeball requests read in one loop iteration
-        client.open_stream(REQUEST, Ignore(), end_stream=True)
+        client.open_stream(REQUEST, EndHandler(), end_stream=True)
     writes = len(sink.out)
     assert writes >= 4, "the burst waited for the end of the loop iteration"
     await asyncio.sleep(0)  # the scheduled flush sends the remainder, if any

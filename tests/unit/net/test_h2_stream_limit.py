@@ -12,33 +12,10 @@ import h2.events
 import h2.settings
 import pytest
 
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers, StreamLimitError
-from burrow.testing.h2_memory import Sink
+from burrow.net.h2conn import H2Endpoint, StreamLimitError
+from burrow.testing.h2_memory import EndHandler, Sink
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"o"), (b":path", b"/")]
-
-
-class Done:
-    def __init__(self) -> None:
-        self.ended = False
-
-    def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
-        self.ended = self.ended or end_stream
-
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
-        stream.consumed(len(data))
-
-    def on_trailers(self, stream: H2Stream, headers: Headers) -> None:
-        pass
-
-    def on_end(self, stream: H2Stream) -> None:
-        pass
-
-    def on_reset(self, stream: H2Stream, error_code: int) -> None:
-        raise AssertionError("reset")
-
-    def on_writable(self, stream: H2Stream) -> None:
-        pass
 
 
 async def test_peer_stream_limit_is_respected() -> None:
@@ -50,14 +27,14 @@ async def test_peer_stream_limit_is_respected() -> None:
     client, transport = H2Endpoint(client_side=True), Sink()
     client.connection_made(transport)
     client.data_received(server.data_to_send())  # the server's SETTINGS: one stream at a time
-    first = Done()
+    first = EndHandler()
     stream = client.open_stream(REQUEST, first, end_stream=True)
     with pytest.raises(StreamLimitError):
-        client.open_stream(REQUEST, Done(), end_stream=True)
+        client.open_stream(REQUEST, EndHandler(), end_stream=True)
     # The origin answers the first request; its slot frees up.
     await asyncio.sleep(0)  # the scheduled flush writes the request
     server.receive_data(transport.take())
     server.send_headers(stream.id, [(":status", "204")], end_stream=True)
     client.data_received(server.data_to_send())
-    assert first.ended and not client.streams
-    assert client.open_stream(REQUEST, Done(), end_stream=True).id == stream.id + 2
+    assert first.ended and first.reset_code is None and not client.streams
+    assert client.open_stream(REQUEST, EndHandler(), end_stream=True).id == stream.id + 2
