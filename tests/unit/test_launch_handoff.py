@@ -126,6 +126,9 @@ def test_handoff_reexecutes_the_command_line_and_resume_runs_the_spec(
     assert (path, argv) == (sys.executable, sys.orig_argv)
     assert env[launch.HANDOFF_ENV].startswith(f"{os.getpid()}:")
     assert not any("s" * 32 in v or "config.yml" in v for k, v in env.items() if k != "PWD")
+    # The server starts with glibc's thresholds for 1 MiB body buffers (the user's values win).
+    for name, value in launch.MALLOC_TUNING.items():
+        assert env[name] == os.environ.get(name, value)
 
 
 def test_resume_ignores_a_handoff_for_another_process(monkeypatch: pytest.MonkeyPatch) -> None:

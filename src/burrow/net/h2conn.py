@@ -92,7 +92,7 @@ class H2Stream(CoreStream):
         super().__init__(stream_id, send_window, recv_window)
         self.conn = conn
         self.handler: StreamHandler | None = None
-        self._pending: collections.deque[bytes | memoryview] = collections.deque()
+        self._pending: collections.deque[bytes | bytearray | memoryview] = collections.deque()
         self._pending_bytes = 0
         self._end_queued = False
         self._trailers: Headers | None = None
@@ -108,7 +108,7 @@ class H2Stream(CoreStream):
             conn._maybe_forget(self)
         conn.schedule_flush()
 
-    def write(self, data: bytes, owned: bool = False) -> bool:
+    def write(self, data: bytes | bytearray | memoryview, owned: bool = False) -> bool:
         """Queue body bytes. Returns False when the producer should pause until `on_writable`.
 
         A mutable buffer is copied (the caller may reuse it) unless `owned`: data an endpoint
@@ -409,10 +409,9 @@ class H2Endpoint(H2Core, asyncio.Protocol):
                 self._drain_blocked()
             finally:
                 self._flushing = False
-        out = self.out
-        if not out:
+        if not self.out:
             return
-        self.out = []
+        out = self.take_output()
         if self._write_paused and self.transport.get_write_buffer_size() > _MAX_UNREAD:
             # A peer that sends (PINGs, SETTINGS, requests) but never reads would make our
             # replies pile up without bound.
@@ -509,11 +508,13 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self.on_ping_ack(data)
 
 
-def _coalesce(out: list[bytes | memoryview]) -> list[bytes | memoryview]:
+def _coalesce(
+    out: list[bytes | bytearray | memoryview],
+) -> list[bytes | bytearray | memoryview]:
     """Runs of small pieces joined (fewer TLS records and syscalls), at most _COALESCE_BELOW
     x 4 per joined piece (bounded, reusable allocations); large payloads left as they are."""
-    merged: list[bytes | memoryview] = []
-    small: list[bytes | memoryview] = []
+    merged: list[bytes | bytearray | memoryview] = []
+    small: list[bytes | bytearray | memoryview] = []
     run = 0
     for piece in out:
         n = len(piece)

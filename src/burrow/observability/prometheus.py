@@ -179,22 +179,22 @@ def edge_registry(view: EdgeView) -> CollectorRegistry:
             if accepting:
                 live[label] = live.get(label, 0) + 1
             streams[label] = streams.get(label, 0) + in_flight
-        g = GaugeMetricFamily(
-            "burrow_edge_tunnel_connections",
-            "Registered, accepting tunnel connections on this edge, by tunnel",
-            labels=["tunnel_id"],
-        )
-        for label, n in sorted(live.items()):
-            g.add_metric([label], n)
-        yield g
-        g = GaugeMetricFamily(
-            "burrow_edge_active_streams",
-            "Requests in flight through tunnel connections of this edge, by tunnel",
-            labels=["tunnel_id"],
-        )
-        for label, n in sorted(streams.items()):
-            g.add_metric([label], n)
-        yield g
+        for name, doc, values in (
+            (
+                "burrow_edge_tunnel_connections",
+                "Registered, accepting tunnel connections on this edge, by tunnel",
+                live,
+            ),
+            (
+                "burrow_edge_active_streams",
+                "Requests in flight through tunnel connections of this edge, by tunnel",
+                streams,
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["tunnel_id"])
+            for label, n in sorted(values.items()):
+                g.add_metric([label], n)
+            yield g
         c = _Counter(
             "burrow_edge_registrations_total", "Successful tunnel connection registrations"
         )

@@ -5,8 +5,10 @@ Python calls on one small request/response pair (event objects, a per-stream sta
 closures, frame objects from `hyperframe`, settings objects). This engine keeps the protocol
 state a proxy needs in plain slotted attributes and calls the owner's methods directly:
 
-- frames are parsed in place from one receive buffer and built from pre-packed headers; a DATA
-  payload is never copied into an output buffer (`out` is a list of pieces for `writelines`);
+- frames are parsed from one receive buffer; a large DATA frame's body goes into a buffer of
+  its own that becomes the owner's data (one copy, no reassembly); frames are built from
+  pre-packed headers and a DATA payload is never copied into an output buffer (`out` is a list
+  of pieces for `writelines`);
 - per-stream state is one `CoreStream` (flow-control windows, two end flags); no event objects;
 - header blocks go through `burrow.wire.hpack_codec` (stateless encoding, fast decoding).
 
@@ -144,7 +146,7 @@ class H2Core:
         self.client_side = client_side
         self.validate_headers = validate_headers
         self.streams: dict[int, Any] = {}
-        self.out: list[bytes | memoryview] = []
+        self.out: list[bytes | bytearray | memoryview] = []
         self._rbuf = bytearray(_RECV_BUFFER)
         self._rstart = 0  # first byte not parsed yet
         self._rend = 0  # end of the bytes received
@@ -164,7 +166,6 @@ class H2Core:
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = DEFAULT_FRAME
         self.peer_max_streams = MAX_WINDOW
-        self.peer_connect_protocol = False
         self.send_window = DEFAULT_WINDOW
         # Stream ids.
         self.next_stream_id = 1 if client_side else 2
@@ -257,7 +258,9 @@ class H2Core:
             last = FLAG_END_HEADERS if pos >= size else 0
             self.out.append(frame_header(len(piece), CONTINUATION, last, stream_id) + piece)
 
-    def send_data(self, stream: CoreStream, data: bytes | memoryview, end_stream: bool) -> None:
+    def send_data(
+        self, stream: CoreStream, data: bytes | bytearray | memoryview, end_stream: bool
+    ) -> None:
         """One DATA frame; the caller keeps it within `peer_max_frame` and both windows."""
         n = len(data)
         stream.send_window -= n
@@ -308,7 +311,7 @@ class H2Core:
             self.send_window_update(0, self.recv_unacked)
             self.recv_unacked = 0
 
-    def take_output(self) -> list[bytes | memoryview]:
+    def take_output(self) -> list[bytes | bytearray | memoryview]:
         out = self.out
         self.out = []
         return out
@@ -328,11 +331,13 @@ class H2Core:
             self.recv_done(k)
 
     def recv_buffer(self) -> memoryview:
-        """Where the transport should put the next bytes it reads (`BufferedProtocol`).
+        """Where the next received bytes go (`receive` copies into it; an
+        `asyncio.BufferedProtocol` could read into it directly, see `net/h2conn.py` for why
+        burrow does not).
 
         Normally free space in the receive buffer. While a large DATA frame is arriving it is
-        the rest of that frame's own payload buffer, so TLS decrypts the body straight into
-        the bytes handed to the owner: no copy of bulk data in Python."""
+        the rest of that frame's own payload buffer, which is handed to the owner as the data:
+        the body is copied once, never reassembled."""
         payload = self._payload
         if payload is not None:
             return memoryview(payload)[self._payload_fill :]
@@ -681,7 +686,6 @@ class H2Core:
             elif key == Setting.ENABLE_CONNECT_PROTOCOL:
                 if value > 1:
                     self._fail(ErrorCode.PROTOCOL_ERROR, "ENABLE_CONNECT_PROTOCOL invalid")
-                self.peer_connect_protocol = bool(value)
         if window_delta:
             for stream in self.streams.values():
                 stream.send_window += window_delta

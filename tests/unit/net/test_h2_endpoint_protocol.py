@@ -26,6 +26,7 @@ from burrow.net.h2conn import (
     H2Endpoint,
     H2Stream,
     Headers,
+    _coalesce,
 )
 from burrow.testing.h2_memory import Peer, Sink, parse_frames
 from burrow.wire.h2core import PING, frame_header
@@ -466,3 +467,28 @@ async def test_peer_that_never_reads_is_dropped() -> None:
     transport.get_write_buffer_size = lambda: 65 << 20  # type: ignore[method-assign]
     server.data_received(frame_header(8, PING, 0, 0) + b"12345678")
     assert transport.aborted
+
+
+async def test_owned_buffers_are_queued_as_they_are_and_others_copied() -> None:
+    """Data an endpoint delivered (possibly its own bytearray) is passed on without a copy;
+    a caller's mutable buffer is copied, since the caller may reuse it."""
+    server, peer = Server(hold=True), Peer(client_side=True)
+    sink = await connect(server, peer)
+    request = [(":method", "GET"), (":scheme", "https"), (":authority", "t"), (":path", "/")]
+    peer.conn.send_headers(1, request)
+    await exchange(server, sink, peer)
+    stream = server.requests[1][0]
+    owned, mine = bytearray(b"owned"), bytearray(b"mine!")
+    stream.write(owned, owned=True)
+    stream.write(mine)
+    assert stream._pending[0] is owned
+    assert stream._pending[1] == b"mine!" and type(stream._pending[1]) is bytes
+
+
+def test_coalesced_writes_stay_bounded() -> None:
+    """Runs of small frames are joined into a few writes, none much larger than 256 KiB."""
+    pieces = [b"h" * 9, b"x" * 16384] * 64  # 64 frames of 16 KiB, as to a peer with small frames
+    merged = _coalesce(list(pieces))
+    assert b"".join(merged) == b"".join(pieces)
+    assert 3 <= len(merged) <= 6
+    assert max(len(m) for m in merged) < (256 << 10) + 16384 + 9
