@@ -34,7 +34,7 @@ from joserfc.jwk import KeySet
 
 from burrow.access.loopback import loopback_resolver
 from burrow.ingress.config import AccessConfig
-from burrow.net.h2conn import H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Stream, Headers
 
 log = logging.getLogger("burrow.connector.access")
 
@@ -158,7 +158,7 @@ class _Held:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         self.events.append(("headers", (headers, end_stream)))
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         self.events.append(("data", (data, end_stream)))
 
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from burrow.errors import RegistrationError
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Endpoint, H2Stream, Headers
 from burrow.wire.registration import (
     ConnectionDetails,
     ConnectorControlSession,
@@ -44,10 +44,10 @@ class _ControlHandler:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         pass
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         stream.consumed(len(data))
         try:
-            events = self.rpc.receive_data(data)
+            events = self.rpc.receive_data(bytes(data))
         except Exception as exc:
             self.session.registration_failed(
                 RegistrationError(f"bad control stream from edge: {exc}", retryable=True)
@@ -96,7 +96,7 @@ class _ConfigHandler:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         pass
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         stream.consumed(len(data))
         self.body += data
         if len(self.body) > MAX_CONFIG_BODY:

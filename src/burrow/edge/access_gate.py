@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from burrow.access.service import MAX_BODY, AccessRequest, AccessService, Forward, Reply
-from burrow.net.h2conn import H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Stream, Headers
 from burrow.wire import http1
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class _H2Local:
         if end_stream:
             self.run()
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         stream.consumed(len(data))
         if len(self._body) + len(data) <= MAX_BODY:
             self._body += data

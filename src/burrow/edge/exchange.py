@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from burrow.errors import LocalProtocolError, RemoteProtocolError
-from burrow.net.h2conn import H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Stream, Headers
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import UPGRADE_HEADER, is_internal_header, parse_response
 
@@ -96,7 +96,7 @@ class Exchange:
         "_chunked",
         "_close_after",
         "_counted",
-        "_head",
+        "_held",
         "_status",
         "_t0",
         "_ttfb",
@@ -134,7 +134,8 @@ class Exchange:
         self.response_started = False
         self.response_done = False
         self._chunked = False
-        self._head: bytes | None = None  # response head held until the body (one write)
+        # Response bytes of the current tunnel read (head, body pieces), written together.
+        self._held: list[bytes | memoryview] = []
         self._close_after = not head.keep_alive
         self._unacked = 0
         self._counted = True
@@ -277,28 +278,24 @@ class Exchange:
             self.eyeball.write(response_head)
             self._response_end()
         else:
-            # Usually the body is in the same read from the tunnel: write both with one
-            # syscall; the tunnel connection flushes a head still held after the read.
-            self._head = response_head
+            self._write(response_head)
+
+    def _write(self, data: DataPiece) -> None:
+        """Hold response bytes until the tunnel read that carried them is handled: the head
+        and the body pieces of one read (a large frame arrives in several) go to the eyeball
+        with one syscall."""
+        held = self._held
+        if not held:
             self.conn.defer(self)
+        held.append(data)
 
     def flush_deferred(self) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            self.eyeball.write(head)
+        held = self._held
+        if held:
+            self._held = []
+            self.eyeball.writelines(held)
 
-    def _write(self, data: bytes) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            if len(data) <= 65536:
-                data = head + data
-            else:
-                self.eyeball.write(head)
-        self.eyeball.write(data)
-
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         if data:
             if self._chunked:
                 self._write(http1.encode_chunk(data))
@@ -352,8 +349,7 @@ class Exchange:
                 self._write(b"0\r\n" + lines + b"\r\n")
             else:
                 self._write(http1.LAST_CHUNK)
-        elif self._head is not None:
-            self.flush_deferred()
+        self.flush_deferred()
         if self.websocket and self.stream is not None and not self.stream.local_ended:
             # No half-close in the tunnel: the origin ended, so the whole flow ends.
             self.stream.end()

@@ -369,9 +369,16 @@ class EyeballProtocol(asyncio.Protocol):
 
     # --- callbacks from the Exchange ------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def writelines(self, pieces: list[bytes | memoryview]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if len(pieces) == 1:
+                self.transport.write(pieces[0])
+            else:
+                self.transport.writelines(pieces)
 
     def switch_to_raw(self, exchange: Exchange) -> None:
         """After a 101: every further eyeball byte belongs to the tunnel stream."""

@@ -19,7 +19,7 @@ from burrow.edge import pages
 from burrow.edge.exchange import record_request, tunnel_request_headers
 from burrow.edge.gate import TOO_LARGE, Refusal
 from burrow.errors import RemoteProtocolError
-from burrow.net.h2conn import ErrorCode, H2Endpoint, H2Stream, Headers, Setting
+from burrow.net.h2conn import DataPiece, ErrorCode, H2Endpoint, H2Stream, Headers, Setting
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import is_internal_header, parse_response
 
@@ -139,7 +139,7 @@ class H2Exchange:
                 self.owner._forget(eyeball)
             self._finish()
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         n = len(data)
         if stream is self.tunnel:
             eyeball = self.eyeball

@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import Any
 
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Endpoint, H2Stream, Headers
 from burrow.store.sqlalchemy_store import SQLStore
 from burrow.store.tunnel_configs import TunnelConfig, all_tunnel_configs
 
@@ -53,7 +53,7 @@ class _PushHandler:
         if end_stream:
             self._finish()
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         stream.consumed(len(data))
         if len(self.body) + len(data) <= MAX_RESPONSE:
             self.body += data

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from burrow.errors import RegistrationError
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Endpoint, H2Stream, Headers
 from burrow.wire.registration import (
     ConfigurationReceived,
     ConnectionDetails,
@@ -71,10 +71,10 @@ class _ControlStream:
             log.warning("connector refused the control stream (status %r)", status)
             self.conn.close()
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         stream.consumed(len(data))
         try:
-            events = self.session.receive_data(data)
+            events = self.session.receive_data(bytes(data))
         except Exception as exc:  # malformed RPC from the connector: drop the connection
             log.warning("bad control stream from %s: %s", self.conn.peer, exc)
             self.conn.close()

@@ -18,7 +18,14 @@ import collections
 import logging
 from typing import Any, Protocol, cast
 
-from burrow.wire.h2core import CoreStream, ErrorCode, H2ConnectionError, H2Core, Setting
+from burrow.wire.h2core import (
+    CoreStream,
+    DataPiece,
+    ErrorCode,
+    H2ConnectionError,
+    H2Core,
+    Setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ _EARLY_FLUSH = 8  # queued frames (+ streams with data) written without waiting 
 _MAX_UNREAD = 64 << 20  # bytes queued on a transport the peer does not read before we give up
 
 __all__ = [
+    "DataPiece",
     "ErrorCode",
     "H2Endpoint",
     "H2Stream",
@@ -57,8 +65,12 @@ class StreamHandler(Protocol):
 
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None: ...
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
-        """The handler must call `stream.consumed(len(data))` once the bytes are drained."""
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
+        """The handler must call `stream.consumed(len(data))` once the bytes are drained.
+
+        Large bodies come as read-only memoryviews of received bytes (no copy): pass them on
+        (transports, `H2Stream.write(..., owned=True)`, `bytearray +=`) rather than relying on
+        `bytes` methods; keeping one keeps the whole read it came from."""
 
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None: ...
 
@@ -224,6 +236,7 @@ class H2Endpoint(H2Core, asyncio.Protocol):
             enable_connect_protocol=enable_connect_protocol,
         )
         self._deferred: list[Any] = []
+        self._receiving = False  # inside data_received: `defer` may hold output until its end
         self.transport: asyncio.Transport | None = None
         self._blocked: dict[int, H2Stream] = {}
         self._flush_scheduled = False
@@ -246,11 +259,12 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self.h2_ready()
 
     def data_received(self, data: bytes) -> None:
-        # Not an asyncio.BufferedProtocol (which `recv_buffer`/`recv_done` would allow): on a
-        # uvloop TLS server transport that also writes, its buffered read path leaks native
-        # memory (~4 MB per 100 MB sent; reproduced outside burrow), so bytes are copied in.
+        # Not an asyncio.BufferedProtocol: on a uvloop TLS transport that also writes, its
+        # buffered read path leaks native memory (~4 MB per 100 MB sent; reproduced outside
+        # burrow). The engine parses `data` in place and hands large bodies on as views of it.
         if self.closed:
             return
+        self._receiving = True
         try:
             self.receive(data)
         except H2ConnectionError as exc:
@@ -258,16 +272,23 @@ class H2Endpoint(H2Core, asyncio.Protocol):
             self._flush_now()
             self._abort()
             return
+        finally:
+            self._receiving = False
         if self._deferred:
             self._run_deferred()
         self._flush_now()
 
     def defer(self, obj: Any) -> None:
-        """Call `obj.flush_deferred()` once the frames of the current read are dispatched.
+        """Call `obj.flush_deferred()` once the frames of the current read are dispatched
+        (at once when called outside a read).
 
         Lets a handler hold output that more frames of the same read usually complete (a
-        response head and its body) and write it with one syscall instead of several."""
-        self._deferred.append(obj)
+        response head and its body, the pieces of a large DATA frame) and write it with one
+        syscall instead of several."""
+        if self._receiving:
+            self._deferred.append(obj)
+        else:
+            obj.flush_deferred()
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -462,7 +483,7 @@ class H2Endpoint(H2Core, asyncio.Protocol):
             handler.on_trailers(stream, headers)
         self._maybe_forget(stream)
 
-    def h2_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def h2_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         handler = stream.handler
         if handler is None:
             if data:

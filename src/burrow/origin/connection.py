@@ -77,7 +77,7 @@ class OriginConnection(asyncio.Protocol):
         self.parser.expect(method)
         self.write(head)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 

@@ -17,7 +17,7 @@ import logging
 import ssl
 
 from burrow.errors import OriginError
-from burrow.net.h2conn import H2Endpoint, H2Stream, Headers, StreamLimitError
+from burrow.net.h2conn import DataPiece, H2Endpoint, H2Stream, Headers, StreamLimitError
 from burrow.origin.connection import (
     OriginAddress,
     OriginPool,
@@ -122,7 +122,7 @@ class _OriginSide:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         self.relay.origin_headers(headers, end_stream)
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         self.relay.origin_data(data, end_stream)
 
     def on_trailers(self, stream: H2Stream, headers: Headers) -> None:
@@ -155,7 +155,7 @@ class H2Relay:
         self.pool = pool
         self.options = options
         self.origin: H2Stream | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[DataPiece] = []
         self._request_ended = end_stream
         self._edge_unacked = 0  # request bytes not yet credited to the edge
         self._origin_unacked = 0  # response bytes not yet credited to the origin
@@ -233,7 +233,7 @@ class H2Relay:
         if self._request_ended and not self.first_end_stream:
             relay.on_end(self.stream)
 
-    def _to_origin(self, data: bytes) -> None:
+    def _to_origin(self, data: DataPiece) -> None:
         assert self.origin is not None
         if self.origin.write(data, owned=True):
             self.stream.consumed(len(data))
@@ -245,7 +245,7 @@ class H2Relay:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         pass
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         if data:
             if self.origin is None:
                 self._pending.append(data)
@@ -293,9 +293,9 @@ class H2Relay:
         if end_stream:
             self._done = True
 
-    def origin_data(self, data: bytes, end_stream: bool) -> None:
+    def origin_data(self, data: DataPiece, end_stream: bool) -> None:
         if data:
-            if self.stream.write(data):
+            if self.stream.write(data, owned=True):
                 if self.origin is not None:
                     self.origin.consumed(len(data))
             else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from burrow.errors import OriginError
-from burrow.net.h2conn import H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Stream, Headers
 from burrow.observability.metrics import ProxyStats
 from burrow.origin.connection import OriginConnection, OriginPool
 from burrow.wire import http1
@@ -56,7 +56,7 @@ class HTTPRelay:
         self.websocket = websocket
         self.stats = options.stats
         self.origin: OriginConnection | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[DataPiece] = []
         self._pending_len = 0
         self._unacked = 0
         self._request_ended = end_stream
@@ -155,7 +155,7 @@ class HTTPRelay:
         if self._request_ended and not self.websocket:
             self._end_request()
 
-    def _to_origin(self, data: bytes) -> None:
+    def _to_origin(self, data: DataPiece) -> None:
         origin = self.origin
         assert origin is not None
         if self._chunked:
@@ -176,7 +176,7 @@ class HTTPRelay:
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         pass
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         if data:
             if self.origin is None:
                 self._pending.append(data)

@@ -23,7 +23,7 @@ import os
 import socket
 from typing import cast
 
-from burrow.net.h2conn import H2Stream, Headers
+from burrow.net.h2conn import DataPiece, H2Stream, Headers
 from burrow.wire import websocket as ws
 from burrow.wire.tunnel_h2 import connector_error_headers, origin_response_headers
 
@@ -124,7 +124,7 @@ class StreamBridge(asyncio.Protocol):
         self.describe = describe
         self.transport: asyncio.Transport | None = None
         self._decoder = ws.FrameDecoder(server=True) if websocket_key is not None else None
-        self._pending: list[bytes] = []  # edge bytes that arrived while dialling (<= h2 window)
+        self._pending: list[DataPiece] = []  # edge bytes that arrived while dialling (<= h2 window)
         self._early: list[bytes] = []  # target bytes that arrived before the 200 was sent
         self._origin_gone = False
         self._unacked = 0
@@ -183,11 +183,11 @@ class StreamBridge(asyncio.Protocol):
         if not self.stream.producer_paused:
             transport.resume_reading()
         pending, self._pending = self._pending, []
-        for data in pending:
+        for piece in pending:
             if self._done or self.transport is None:
-                self.stream.consumed(len(data))
+                self.stream.consumed(len(piece))
             else:
-                self._to_origin(self.stream, self.transport, data)
+                self._to_origin(self.stream, self.transport, piece)
 
     def _refuse(self, message: str) -> None:
         """The target could not be reached: a 502 from the connector, as cloudflared answers."""
@@ -261,7 +261,7 @@ class StreamBridge(asyncio.Protocol):
     def on_headers(self, stream: H2Stream, headers: Headers, end_stream: bool) -> None:
         pass
 
-    def on_data(self, stream: H2Stream, data: bytes, end_stream: bool) -> None:
+    def on_data(self, stream: H2Stream, data: DataPiece, end_stream: bool) -> None:
         if data:
             transport = self.transport
             if self._done:
@@ -273,13 +273,13 @@ class StreamBridge(asyncio.Protocol):
         if end_stream:
             self.on_end(stream)
 
-    def _to_origin(self, stream: H2Stream, transport: asyncio.Transport, data: bytes) -> None:
+    def _to_origin(self, stream: H2Stream, transport: asyncio.Transport, data: DataPiece) -> None:
         decoder = self._decoder
         if decoder is None:
             transport.write(data)
         else:
             try:
-                items = decoder.feed(data)
+                items = decoder.feed(bytes(data))
             except ws.WebSocketError as exc:
                 log.warning("WebSocket protocol error from %s: %s", self.describe, exc)
                 stream.consumed(len(data))

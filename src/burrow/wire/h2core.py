@@ -5,10 +5,10 @@ Python calls on one small request/response pair (event objects, a per-stream sta
 closures, frame objects from `hyperframe`, settings objects). This engine keeps the protocol
 state a proxy needs in plain slotted attributes and calls the owner's methods directly:
 
-- frames are parsed from one receive buffer; a large DATA frame's body goes into a buffer of
-  its own that becomes the owner's data (one copy, no reassembly); frames are built from
-  pre-packed headers and a DATA payload is never copied into an output buffer (`out` is a list
-  of pieces for `writelines`);
+- frames are parsed in place from the bytes the transport delivers (only an incomplete frame
+  is buffered); a large DATA frame's body is handed over piece by piece as views of those
+  bytes, never copied or reassembled; frames are built from pre-packed headers and a DATA
+  payload is never copied into an output buffer (`out` is a list of pieces for `writelines`);
 - per-stream state is one `CoreStream` (flow-control windows, two end flags); no event objects;
 - header blocks go through `burrow.wire.hpack_codec` (stateless encoding, fast decoding).
 
@@ -33,6 +33,9 @@ from hpack.exceptions import HPACKError
 from burrow.wire.hpack_codec import FastDecoder, FastEncoder
 
 Headers = list[tuple[bytes, bytes]]
+# Received DATA as the owner gets it: bytes, or for a large piece of a large frame a read-only
+# view of the bytes the transport delivered (no copy; see `H2Core.receive`).
+DataPiece = bytes | memoryview
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -77,9 +80,9 @@ _HEADER = struct.Struct("!BHBBL")  # length (24 bits as 8+16), type, flags, stre
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 _U32 = struct.Struct("!L")
-_BIG_FRAME = 64 << 10  # DATA frames at least this large are received into a buffer of their own
-_RECV_BUFFER = 256 << 10  # the receive buffer (grows for larger non-DATA frames)
-_MIN_READ = 16 << 10  # free space below which the buffer is compacted before a read
+_STREAM_BODY = 16 << 10  # unpadded DATA frames this large go to the owner piece by piece
+_VIEW_MIN = 32 << 10  # pieces this large are views of the received bytes; smaller ones copies
+_RECV_BUFFER = 16 << 10  # holds an incomplete frame (grows for a larger one, then shrinks)
 _SETTING = struct.Struct("!HL")
 
 
@@ -148,8 +151,7 @@ class H2Core:
         self.streams: dict[int, Any] = {}
         self.out: list[bytes | bytearray | memoryview] = []
         self._rbuf = bytearray(_RECV_BUFFER)
-        self._rstart = 0  # first byte not parsed yet
-        self._rend = 0  # end of the bytes received
+        self._rend = 0  # bytes of an incomplete frame held in _rbuf
         self._need_preface = not client_side
         self._encoder = FastEncoder()
         self._decoder = FastDecoder()
@@ -173,10 +175,11 @@ class H2Core:
         self.goaway_sent = False
         self.goaway_received = False
         self._continuation: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
-        # A large DATA frame being received into its own buffer: (flags, stream) and fill.
-        self._payload: bytearray | None = None
-        self._payload_fill = 0
-        self._payload_frame = (0, 0)
+        # The DATA frame whose body is being streamed: bytes still to come, its stream (None:
+        # refused, credit already returned) and its END_STREAM flag.
+        self._body_left = 0
+        self._body_stream: Any = None
+        self._body_end = False
         self.local_connect_protocol = enable_connect_protocol and not client_side
         self._initial_settings = {
             Setting.ENABLE_PUSH: 0,
@@ -319,107 +322,119 @@ class H2Core:
     # --- input -------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Feed bytes read elsewhere (tests, plain `data_received` transports): copied into
-        the receive buffer, then parsed as by `recv_done`."""
-        view = memoryview(data)
-        pos, n = 0, len(view)
-        while pos < n:
-            buf = self.recv_buffer()
-            k = min(len(buf), n - pos)
-            buf[:k] = view[pos : pos + k]
-            pos += k
-            self.recv_done(k)
+        """Feed bytes from the peer: every complete frame is handled.
 
-    def recv_buffer(self) -> memoryview:
-        """Where the next received bytes go (`receive` copies into it; an
-        `asyncio.BufferedProtocol` could read into it directly, see `net/h2conn.py` for why
-        burrow does not).
-
-        Normally free space in the receive buffer. While a large DATA frame is arriving it is
-        the rest of that frame's own payload buffer, which is handed to the owner as the data:
-        the body is copied once, never reassembled."""
-        payload = self._payload
-        if payload is not None:
-            return memoryview(payload)[self._payload_fill :]
-        if len(self._rbuf) - self._rend < _MIN_READ:
-            self._make_room()
-        return memoryview(self._rbuf)[self._rend :]
-
-    def recv_done(self, nbytes: int) -> None:
-        """`nbytes` were written into the last `recv_buffer`: handle every complete frame.
+        Frames are parsed in place from `data`; only an incomplete frame's bytes are kept (in
+        the receive buffer) for the next call. The body of a large DATA frame is not buffered
+        at all: it goes to the owner piece by piece as it arrives, each piece a view of `data`
+        (no copy), with the frame's flow control and stream checks applied once at its header.
 
         Raises `H2ConnectionError` (GOAWAY already queued) when the peer broke the protocol."""
-        payload = self._payload
-        if payload is not None:
-            self._payload_fill += nbytes
-            if self._payload_fill == len(payload):
-                flags, stream_id = self._payload_frame
-                self._payload = None
-                self._dispatch(DATA, flags, stream_id, payload)
-            return
-        self._rend += nbytes
-        self._parse()
-
-    def _parse(self) -> None:
-        buf = self._rbuf
-        pos, end = self._rstart, self._rend
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        pos = 0
         if self._need_preface:
-            head = bytes(buf[pos : min(end, pos + len(PREFACE))])
-            if not PREFACE.startswith(head):
-                self._fail(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
-            if len(head) < len(PREFACE):
-                return
-            pos += len(PREFACE)
+            pos = self._read_preface(data)
+        view: memoryview | None = None
+        while pos < n:
+            if self._body_left:
+                if view is None:
+                    view = memoryview(data)
+                k = min(self._body_left, n - pos)
+                self._body_piece(view[pos : pos + k] if k >= _VIEW_MIN else data[pos : pos + k])
+                pos += k
+            elif self._rend:
+                pos = self._complete_buffered(data, pos)
+            else:
+                pos = self._parse(data, pos, n)
+                if pos < n and not self._body_left:  # an incomplete frame: keep it
+                    self._keep(data, pos, n)
+                    pos = n
+
+    def _read_preface(self, data: bytes) -> int:
+        """Check the client preface (server side), which may arrive split; bytes consumed."""
+        have = self._rend
+        take = min(len(PREFACE) - have, len(data))
+        self._rbuf[have : have + take] = data[:take]
+        if not PREFACE.startswith(bytes(self._rbuf[: have + take])):
+            self._fail(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
+        self._rend = have + take
+        if self._rend == len(PREFACE):
             self._need_preface = False
+            self._rend = 0
+        return take
+
+    def _keep(self, data: bytes, pos: int, end: int) -> None:
+        """Start the receive buffer with an incomplete frame's first bytes."""
+        k = end - pos
+        if k > len(self._rbuf):
+            self._rbuf = bytearray(k)
+        self._rbuf[:k] = data[pos:end]
+        self._rend = k
+
+    def _complete_buffered(self, data: bytes, pos: int) -> int:
+        """Add to the buffered incomplete frame only the bytes it still needs (its header,
+        then its payload; only the header of a DATA frame whose body is streamed) and handle
+        it once complete. Returns the position in `data` after the bytes taken."""
+        have = self._rend
+        if have < 9:
+            take = min(9 - have, len(data) - pos)
+            self._rbuf[have : have + take] = data[pos : pos + take]
+            pos += take
+            have += take
+            self._rend = have
+            if have < 9:
+                return pos
+        total = self._frame_need(self._rbuf)
+        take = min(total - have, len(data) - pos)
+        if total > len(self._rbuf):
+            grown = bytearray(total)
+            grown[:have] = self._rbuf[:have]
+            self._rbuf = grown
+        self._rbuf[have : have + take] = data[pos : pos + take]
+        pos += take
+        self._rend = have + take
+        if self._rend == total:
+            frame = bytes(self._rbuf[:total])
+            self._rend = 0
+            if len(self._rbuf) > _RECV_BUFFER:  # it held a big frame: let that memory go
+                self._rbuf = bytearray(_RECV_BUFFER)
+            self._parse(frame, 0, total)
+        return pos
+
+    def _frame_need(self, buf: bytearray) -> int:
+        """Bytes of the frame whose header starts `buf` that must be buffered: all of it, or
+        only the header of a DATA frame whose body is streamed."""
+        hi, lo, ftype, flags = _unpack_header(buf, 0)[:4]
+        length: int = (hi << 16) | lo
+        if length > self.local_max_frame:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+        if ftype == DATA and length >= _STREAM_BODY and not flags & FLAG_PADDED:
+            return 9
+        return 9 + length
+
+    def _parse(self, buf: bytes, pos: int, end: int) -> int:
+        """Handle the complete frames in `buf[pos:end]`; stop at an incomplete one or after
+        the header of a DATA frame whose body is streamed. Returns where parsing stopped."""
         max_frame = self.local_max_frame
         dispatch = self._dispatch
-        view = memoryview(buf)
-        try:
-            while end - pos >= 9:
-                hi, lo, ftype, flags, stream_id = _unpack_header(buf, pos)
-                length = (hi << 16) | lo
-                if length > max_frame:
-                    self._fail(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                frame_end = pos + 9 + length
-                if frame_end > end:
-                    if ftype == DATA and length >= _BIG_FRAME:
-                        # The body goes to a buffer of its own, filled by the next reads.
-                        payload = bytearray(length)
-                        have = end - pos - 9
-                        payload[:have] = view[pos + 9 : end]
-                        self._payload = payload
-                        self._payload_fill = have
-                        self._payload_frame = (flags, stream_id & 0x7FFFFFFF)
-                        pos = end
-                    break
-                start = pos + 9
-                pos = frame_end
-                dispatch(ftype, flags, stream_id & 0x7FFFFFFF, bytes(view[start:frame_end]))
-        finally:
-            view.release()
-            if pos >= end:
-                self._rstart = self._rend = 0
-            else:
-                self._rstart = pos
+        while end - pos >= 9:
+            hi, lo, ftype, flags, stream_id = _unpack_header(buf, pos)
+            length = (hi << 16) | lo
+            if length > max_frame:
+                self._fail(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if ftype == DATA and length >= _STREAM_BODY and not flags & FLAG_PADDED:
+                self._body_begin(stream_id & 0x7FFFFFFF, flags, length)
+                return pos + 9
+            frame_end = pos + 9 + length
+            if frame_end > end:
+                break
+            dispatch(ftype, flags, stream_id & 0x7FFFFFFF, buf[pos + 9 : frame_end])
+            pos = frame_end
+        return pos
 
-    def _make_room(self) -> None:
-        """Move a partial frame to the front of the receive buffer, growing the buffer when
-        that frame (a large non-DATA frame, up to MAX_FRAME_SIZE) does not fit."""
-        start, end = self._rstart, self._rend
-        pending = end - start
-        need = pending + _MIN_READ
-        if pending >= 9:
-            hi, lo = _unpack_header(self._rbuf, start)[:2]
-            need = max(need, 9 + ((hi << 16) | lo))
-        if need > len(self._rbuf):
-            grown = bytearray(need)
-            grown[:pending] = self._rbuf[start:end]
-            self._rbuf = grown
-        elif start:
-            self._rbuf[:pending] = self._rbuf[start:end]
-        self._rstart, self._rend = 0, pending
-
-    def _dispatch(self, ftype: int, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
+    def _dispatch(self, ftype: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is not None and ftype != CONTINUATION:
             self._fail(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
         if ftype == DATA:
@@ -465,19 +480,57 @@ class H2Core:
             return stream_id >= self.next_stream_id
         return stream_id > self.highest_peer_stream
 
-    def _on_data(self, stream_id: int, flags: int, payload: bytes | bytearray) -> None:
-        if stream_id == 0:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+    def _on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        """A DATA frame received whole (small or padded)."""
         flow = len(payload)
-        self.recv_window -= flow
-        if self.recv_window < 0:
-            self._fail(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
+        data = payload
         if flags & FLAG_PADDED:
             if not payload or payload[0] >= flow:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "bad padding")
-            data = bytes(payload[1 : flow - payload[0]])
-        else:
-            data = payload if type(payload) is bytes else bytes(payload)
+            data = payload[1 : flow - payload[0]]
+        end = bool(flags & FLAG_END_STREAM)
+        stream = self._data_begin(stream_id, flow, len(data), end)
+        if stream is not None:
+            if end:
+                stream.remote_ended = True
+            self.h2_data(stream, data, end)
+
+    def _body_begin(self, stream_id: int, flags: int, length: int) -> None:
+        """The header of a DATA frame whose body is streamed: its checks and flow control
+        now, for the whole frame; `_body_piece` delivers the body."""
+        if self._continuation is not None:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
+        end = bool(flags & FLAG_END_STREAM)
+        self._body_stream = self._data_begin(stream_id, length, length, end)
+        self._body_left = length
+        self._body_end = end
+
+    def _body_piece(self, piece: bytes | memoryview) -> None:
+        n = len(piece)
+        self._body_left -= n
+        last = not self._body_left
+        stream = self._body_stream
+        if last:
+            self._body_stream = None
+        if stream is None:
+            return  # refused at its header, credit already returned
+        if stream.closed:  # reset while the frame arrived: the connection credit is still owed
+            self.acknowledge(None, n)
+            return
+        end = last and self._body_end
+        if end:
+            stream.remote_ended = True
+        self.h2_data(stream, piece, end)
+
+    def _data_begin(self, stream_id: int, flow: int, size: int, end: bool) -> Any:
+        """Checks and flow-control accounting of a DATA frame of `flow` bytes carrying `size`
+        bytes of data (the rest is padding): the stream to give the data to, or None when the
+        frame is refused (its credit is returned; the stream reset as RFC 9113 says)."""
+        if stream_id == 0:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+        self.recv_window -= flow
+        if self.recv_window < 0:
+            self._fail(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_ended or stream.closed:
             self.acknowledge(None, flow)
@@ -485,30 +538,27 @@ class H2Core:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
             if stream is not None and not stream.closed:
                 self._stream_error(stream_id, ErrorCode.STREAM_CLOSED)
-            return
+            return None
         if not stream.final_headers:
             self.acknowledge(None, flow)
             self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR)
-            return
+            return None
         stream.recv_window -= flow
         if stream.recv_window < 0:
             self.acknowledge(None, flow)
             self._stream_error(stream_id, ErrorCode.FLOW_CONTROL_ERROR)
-            return
-        if flow != len(data):  # padding: credit it now, the owner only sees the data
-            self.acknowledge(stream, flow - len(data))
-        end = bool(flags & FLAG_END_STREAM)
+            return None
+        if flow != size:  # padding: credit it now, the owner only sees the data
+            self.acknowledge(stream, flow - size)
         if stream.expected_length >= 0:
-            stream.expected_length -= len(data)
+            stream.expected_length -= size
             if stream.expected_length < 0 or (end and stream.expected_length):
-                self.acknowledge(None, len(data))
+                self.acknowledge(None, size)
                 self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR)  # RFC 9113 8.1.1
-                return
-        if end:
-            stream.remote_ended = True
-        self.h2_data(stream, data, end)
+                return None
+        return stream
 
-    def _on_headers_frame(self, stream_id: int, flags: int, payload: bytes | bytearray) -> None:
+    def _on_headers_frame(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0:
             self._fail(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         start, end = 0, len(payload)
@@ -527,7 +577,7 @@ class H2Core:
         else:
             self._continuation = (stream_id, flags, bytearray(block))
 
-    def _on_continuation(self, stream_id: int, flags: int, payload: bytes | bytearray) -> None:
+    def _on_continuation(self, stream_id: int, flags: int, payload: bytes) -> None:
         pending = self._continuation
         if pending is None or pending[0] != stream_id:
             self._fail(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
@@ -615,7 +665,7 @@ class H2Core:
         self.streams[stream_id] = stream
         self.h2_request(stream, headers, end)
 
-    def _on_window_update(self, stream_id: int, payload: bytes | bytearray) -> None:
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
         increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
@@ -641,7 +691,7 @@ class H2Core:
             return
         self.h2_window_opened(stream)
 
-    def _on_rst(self, stream_id: int, payload: bytes | bytearray) -> None:
+    def _on_rst(self, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             self._fail(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
@@ -655,7 +705,7 @@ class H2Core:
             stream.closed = True
             self.h2_stream_reset(stream, _U32.unpack(payload)[0])
 
-    def _on_settings(self, stream_id: int, flags: int, payload: bytes | bytearray) -> None:
+    def _on_settings(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id != 0:
             self._fail(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & FLAG_ACK:
@@ -694,7 +744,7 @@ class H2Core:
         self.out.append(frame_header(0, SETTINGS, FLAG_ACK, 0))
         self.h2_settings_changed()
 
-    def _on_ping(self, stream_id: int, flags: int, payload: bytes | bytearray) -> None:
+    def _on_ping(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id != 0:
             self._fail(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
         if len(payload) != 8:
@@ -704,7 +754,7 @@ class H2Core:
         else:
             self.send_ping(bytes(payload), ack=True)
 
-    def _on_goaway(self, stream_id: int, payload: bytes | bytearray) -> None:
+    def _on_goaway(self, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
             self._fail(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
@@ -726,8 +776,9 @@ class H2Core:
     def h2_trailers(self, stream: Any, headers: Headers) -> None:
         raise NotImplementedError
 
-    def h2_data(self, stream: Any, data: bytes, end_stream: bool) -> None:
-        """The owner must `acknowledge(stream, len(data))` once the bytes are drained."""
+    def h2_data(self, stream: Any, data: DataPiece, end_stream: bool) -> None:
+        """The owner must `acknowledge(stream, len(data))` once the bytes are drained. A large
+        frame's body may come in several calls; only the last carries `end_stream`."""
         raise NotImplementedError
 
     def h2_stream_reset(self, stream: Any, code: int) -> None:

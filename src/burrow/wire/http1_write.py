@@ -76,11 +76,11 @@ def serialize_response_head(status: int, reason: bytes | None, headers: Headers)
     return _join(line, headers)
 
 
-def encode_chunk(data: bytes) -> bytes:
+def encode_chunk(data: bytes | memoryview) -> bytes:
     """One chunk of a chunked body. An empty chunk would end the body: use LAST_CHUNK."""
     if not data:
         raise LocalProtocolError("empty chunk; write LAST_CHUNK to end a chunked body")
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
 
 
 def connection_tokens(headers: Headers) -> set[bytes]:

@@ -29,7 +29,7 @@ from burrow.net.h2conn import (
     _coalesce,
 )
 from burrow.testing.h2_memory import Peer, Sink, parse_frames
-from burrow.wire.h2core import PING, frame_header
+from burrow.wire.h2core import PING, SETTINGS, frame_header
 
 REQUEST: Headers = [
     (b":method", b"POST"),
@@ -331,7 +331,7 @@ async def test_thousand_request_response_pairs_leave_no_streams() -> None:
     assert len(peer.of(h2.events.StreamEnded)) == 1000 - 2 * (1000 // 6) - (
         1 if 1000 % 6 > 4 else 0
     )
-    assert server._rend == server._rstart == 0 and server._payload is None
+    assert server._rend == 0 and server._body_left == 0
 
 
 async def test_endpoint_pair_thousand_exchanges_leave_no_streams() -> None:
@@ -492,3 +492,34 @@ def test_coalesced_writes_stay_bounded() -> None:
     assert b"".join(merged) == b"".join(pieces)
     assert 3 <= len(merged) <= 6
     assert max(len(m) for m in merged) < (256 << 10) + 16384 + 9
+
+
+class _Holder:
+    """A handler holding output for the end of a read (`H2Endpoint.defer`)."""
+
+    def __init__(self) -> None:
+        self.flushed = 0
+
+    def flush_deferred(self) -> None:
+        self.flushed += 1
+
+
+async def test_defer_waits_for_the_end_of_a_read_and_is_immediate_outside_one() -> None:
+    """Output held during a read is written once the read's frames are handled; a handler
+    deferring from a callback outside a read (a timer, another connection) is never stalled
+    until some later read."""
+    endpoint, sink, holder = H2Endpoint(client_side=True), Sink(), _Holder()
+    endpoint.connection_made(sink)
+    endpoint.defer(holder)
+    assert holder.flushed == 1
+    during: list[int] = []
+    real_receive = endpoint.receive
+
+    def receive(data: bytes) -> None:
+        endpoint.defer(holder)
+        during.append(holder.flushed)
+        real_receive(data)
+
+    endpoint.receive = receive  # type: ignore[method-assign]
+    endpoint.data_received(frame_header(0, SETTINGS, 0, 0))
+    assert during == [1] and holder.flushed == 2

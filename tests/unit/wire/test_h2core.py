@@ -396,9 +396,10 @@ def test_core_client_against_h2_server_random_cuts(seed: int) -> None:
     assert core.streams == {}
 
 
-def test_large_data_frames_are_read_into_their_own_buffer() -> None:
-    """DATA frames of 64 KiB and more arriving over many reads are read straight into a buffer
-    of their own (`_payload`, what `recv_buffer` hands the transport), which becomes the data."""
+def test_large_data_frames_stream_to_the_owner_as_views_of_the_received_bytes() -> None:
+    """A large DATA frame arriving over several reads is not buffered: each read's part goes to
+    the owner at once, a large part as a view of the bytes received (no copy), a small one as
+    bytes; END_STREAM comes with the last part only. Flow control counts the whole frame."""
     options = {
         "max_frame_size": 1 << 20,
         "initial_window": 4 << 20,
@@ -412,20 +413,34 @@ def test_large_data_frames_are_read_into_their_own_buffer() -> None:
     peer.pump()
     wire = peer.conn.data_to_send()
     headers_len = 9 + int.from_bytes(wire[:3], "big")
-    # The first big frame cut in three reads: header+some, middle, rest+more.
+    pieces: list[Any] = []
+    record = core.h2_data
+
+    def spy(stream: CoreStream, data: Any, end_stream: bool) -> None:
+        pieces.append((data, end_stream))
+        record(stream, data, end_stream)
+
+    core.h2_data = spy  # type: ignore[method-assign]
+    # The first big frame cut in three reads: header+some, middle, rest.
+    window = core.recv_window
     core.receive(wire[: headers_len + 100])
-    assert core._payload is not None
-    assert len(core.recv_buffer()) == (1 << 20) - 100 + 9
-    core.receive(wire[headers_len + 100 : headers_len + 500_000])
-    assert core._payload is not None
+    assert core.recv_window == window - (1 << 20)  # the whole frame, at its header
+    assert [(type(d), len(d), e) for d, e in pieces] == [(bytes, 91, False)]
+    middle = wire[headers_len + 100 : headers_len + 500_000]
+    core.receive(middle)
+    view, end = pieces[-1]
+    assert type(view) is memoryview and view.obj is middle and not end  # no copy
+    assert core._rend == 0 and len(core._rbuf) <= 16 << 10  # nothing buffered
     core.receive(wire[headers_len + 500_000 :])
-    assert core._payload is None
+    assert core._body_left == 0
     assert bytes(core.bodies[1]) == body[: 1 << 20]
-    # The rest with random cuts, some frames padded.
+    assert 1 not in core.ended
+    # The rest with random cuts, some frames padded (those are received whole).
     peer.send(1, body[1 << 20 :], pad=200)
     exchange(core, peer, random.Random(8))
     assert bytes(core.bodies[1]) == body
     assert 1 in core.ended
+    assert [e for _, e in pieces].count(True) == 1 and pieces[-1][1]
     # A big download too (the h2 peer accepts 16 KiB frames only: core splits).
     core.respond(1, OK, body)
     exchange(core, peer, random.Random(9))
@@ -450,6 +465,82 @@ def test_big_frame_followed_by_more_frames_in_the_same_read() -> None:
     assert 1 in core.ended
     pings = [f for f in parse_frames(take(core)) if isinstance(f, PingFrame)]
     assert pings and pings[0].opaque_data == b"12345678" and "ACK" in pings[0].flags
+
+
+BIG = {"max_frame_size": 1 << 20, "initial_window": 1 << 20, "connection_window": 1 << 20}
+
+
+def test_streamed_frame_whose_stream_is_reset_midway_returns_the_rest_of_its_credit() -> None:
+    """The owner resets the stream while a large frame's body is arriving: the rest of the
+    body is dropped, and its bytes still count against (and return to) the connection window."""
+    core, raw_client = server(auto_ack=False, **BIG)
+    body = bytes(range(256)) * 1000  # 256,000 bytes
+    wire = raw_client.headers(1, REQUEST, end_stream=False) + raw(DATA, FLAG_END_STREAM, 1, body)
+    cut = len(wire) - 200_000
+    core.receive(wire[:cut])
+    got = len(core.bodies[1])
+    assert 0 < got < len(body)
+    stream = core.streams[1]
+    stream.closed = True  # what an owner's reset does (H2Stream.reset)
+    core.send_rst(1, ErrorCode.CANCEL)
+    core.acknowledge(None, got)  # the owner drained what it had
+    core.receive(wire[cut:])
+    assert len(core.bodies[1]) == got and 1 not in core.ended
+    assert core.recv_window + core.recv_unacked == 1 << 20  # every byte credited back
+    # The connection goes on.
+    core.receive(raw_client.headers(3, GET))
+    assert 3 in core.requests
+
+
+def test_streamed_frame_on_a_closed_stream_is_refused_at_its_header() -> None:
+    core, raw_client = server(**BIG)
+    core.receive(raw_client.headers(1, REQUEST, end_stream=True))
+    take(core)
+    wire = raw(DATA, 0, 1, bytes(100_000))
+    core.receive(wire[:50_000])
+    assert rsts(take(core)) == {1: ErrorCode.STREAM_CLOSED}
+    core.receive(wire[50_000:] + raw(PING, 0, 0, b"87654321"))
+    assert not core.bodies.get(1)
+    assert core.recv_window + core.recv_unacked == 1 << 20
+    pings = [f for f in parse_frames(take(core)) if isinstance(f, PingFrame)]
+    assert pings and pings[0].opaque_data == b"87654321"
+
+
+def test_streamed_frame_beyond_content_length_is_a_stream_error_before_any_data() -> None:
+    core, raw_client = server(**BIG)
+    headers = [*REQUEST, (b"content-length", b"50000")]
+    core.receive(raw_client.headers(1, headers, end_stream=False))
+    core.receive(raw(DATA, FLAG_END_STREAM, 1, bytes(60_000))[:30_000])
+    assert rsts(take(core)) == {1: ErrorCode.PROTOCOL_ERROR}
+    assert not core.bodies.get(1)
+
+
+def test_streamed_frame_over_the_connection_window_is_a_connection_error_at_its_header() -> None:
+    core, raw_client = server(**{**BIG, "connection_window": DEFAULT_WINDOW})
+    core.receive(raw_client.headers(1, REQUEST, end_stream=False))
+    take(core)
+    expect_connection_error(
+        core, raw(DATA, 0, 1, bytes(70_000))[:100], ErrorCode.FLOW_CONTROL_ERROR
+    )
+
+
+def test_streamed_frame_while_continuation_is_expected_is_a_connection_error() -> None:
+    core, raw_client = server(**BIG)
+    block = raw_client.headers(1, REQUEST, end_stream=False)
+    headers_only = raw(HEADERS, 0, 1, block[9:])  # END_HEADERS missing
+    core.receive(headers_only)
+    expect_connection_error(core, raw(DATA, 0, 1, bytes(40_000)), ErrorCode.PROTOCOL_ERROR)
+
+
+def test_split_frame_headers_and_preface_are_reassembled() -> None:
+    """Reads that end inside a frame header, or inside the preface, lose nothing."""
+    core = Core(client_side=False, **BIG)
+    wire = RawClient.preface() + RawClient().headers(1, REQUEST, end_stream=False)
+    wire += raw(DATA, 0, 1, b"a" * 20_000) + raw(DATA, FLAG_END_STREAM, 1, b"b" * 5)
+    for i in range(0, len(wire), 7):
+        core.receive(wire[i : i + 7])
+    assert bytes(core.bodies[1]) == b"a" * 20_000 + b"bbbbb" and 1 in core.ended
+    assert core._rend == 0 and len(core._rbuf) == 16 << 10
 
 
 def test_padded_data_and_headers_from_the_peer() -> None:
