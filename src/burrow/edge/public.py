@@ -22,6 +22,7 @@ from burrow.edge.gate import TOO_LARGE, TOO_MANY_CONNECTIONS, Gate, LimitSetting
 from burrow.edge.registry import Registry
 from burrow.errors import HTTPRequestError
 from burrow.observability.metrics import EdgeStats
+from burrow.runtime import connection_closed
 from burrow.wire import http1
 
 log = logging.getLogger("burrow.edge.public")
@@ -128,6 +129,7 @@ class EyeballProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        connection_closed()  # its objects may be cycles holding TLS buffers: collect soon
         self._cancel_timer()
         if self._timer is not None:  # release this protocol now, not when the timer is due
             self._timer.cancel()

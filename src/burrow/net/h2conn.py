@@ -18,6 +18,7 @@ import collections
 import logging
 from typing import Any, Protocol, cast
 
+from burrow.runtime import connection_closed
 from burrow.wire.h2core import (
     CoreStream,
     DataPiece,
@@ -300,6 +301,7 @@ class H2Endpoint(H2Core, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        connection_closed()  # its objects may be cycles holding TLS buffers: collect soon
         streams = list(self.streams.values())
         self.streams.clear()
         self._blocked.clear()
