@@ -260,9 +260,10 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self.h2_ready()
 
     def data_received(self, data: bytes) -> None:
-        # Not an asyncio.BufferedProtocol: on a uvloop TLS transport that also writes, its
-        # buffered read path leaks native memory (~4 MB per 100 MB sent; reproduced outside
-        # burrow). The engine parses `data` in place and hands large bodies on as views of it.
+        # The engine parses `data` in place and hands large bodies on as views of it, which
+        # needs immutable bytes: an asyncio.BufferedProtocol reusing one receive buffer could
+        # not. (Its apparent native leak on uvloop TLS, measured earlier, was closed
+        # connections waiting for a rare full collection: see `runtime.collect_cycles`.)
         if self.closed:
             return
         self._receiving = True
