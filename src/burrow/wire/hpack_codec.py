@@ -31,6 +31,7 @@ _STATIC_LEN = len(_STATIC)
 _STATIC_MAP: dict[bytes, tuple[int, dict[bytes, int]]] = HeaderTable.STATIC_TABLE_MAPPING
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _CACHE_MAX = 1024
+_NEVER_INDEXED = hpack.NeverIndexedHeaderTuple
 _BLOCK_CACHE_ENTRIES = 256  # decoded plain header blocks remembered by FastDecoder
 _BLOCK_CACHE_BYTES = 2048  # only blocks up to this size
 
@@ -117,35 +118,65 @@ def _bytes(value: Any) -> bytes:
 
 
 class FastDecoder(hpack.Decoder):
-    """Stateless fast path for plain blocks, `hpack.Decoder` for everything else.
+    """A fast path for blocks that do not change the dynamic table, `hpack.Decoder` for the rest.
 
-    A plain block's meaning depends on its bytes only, so decoded plain blocks are remembered
-    (bounded): a tunnel's responses repeat the same block (status, the serialised origin
-    headers) until a value such as Date changes, and then cost one dict lookup."""
+    The fast path reads indexed fields (static or dynamic table) and literals that are not
+    indexed, with plain (not Huffman) strings. A block that leaves the dynamic table as it was
+    means the same thing until the table changes, and the table changes only in
+    `hpack.Decoder.decode` (such a call starts a new table version), so decoded blocks are
+    remembered (bounded) by bytes and version, whichever path read them: a tunnel's responses
+    repeat one plain block until a value such as Date changes, and an h2 client repeats one
+    block (table references, Huffman literals it does not index) for each similar request.
+    Either then costs one dict lookup. Blocks with never-indexed fields (credentials) are
+    not kept."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._blocks: dict[bytes, list[Any]] = {}
+        # block -> (table version it depends on, or -1 for none; decoded fields)
+        self._blocks: dict[bytes, tuple[int, list[Any]]] = {}
+        self._version = 0
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
-        if raw:
-            known = self._blocks.get(data)
-            if known is not None:
-                return list(known)
-            headers = self._fast(data)
-            if headers is not None:
-                if len(data) <= _BLOCK_CACHE_BYTES:
-                    if len(self._blocks) >= _BLOCK_CACHE_ENTRIES:
-                        self._blocks.clear()
-                    self._blocks[data] = headers
-                    return list(headers)
-                return headers
-        return super().decode(data, raw)
+        if not raw:
+            self._version += 1
+            return super().decode(data, raw)
+        known = self._blocks.get(data)
+        if known is not None and (known[0] < 0 or known[0] == self._version):
+            return list(known[1])
+        found = self._fast(data)
+        if found is not None:
+            headers, dynamic = found
+            self._remember(data, self._version if dynamic else -1, headers)
+            return list(headers)
+        # Huffman strings, indexing, size updates: hpack's decoder. A block that left the
+        # table as it was (no new entry, no size change) is remembered like a fast one.
+        table = self.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), entries[0] if entries else None, table.maxsize)
+        headers = list(super().decode(data, raw))
+        after = (len(entries), entries[0] if entries else None, table.maxsize)
+        if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
+            self._remember(data, self._version, headers)
+            return list(headers)
+        self._version += 1
+        return headers
 
-    def _fast(self, data: bytes) -> list[Any] | None:
+    def _remember(self, data: bytes, version: int, headers: list[Any]) -> None:
+        """Keep a decoded block (small ones, never one with a never-indexed field such as a
+        credential) for `version` of the table (-1: any)."""
+        if len(data) > _BLOCK_CACHE_BYTES or any(type(h) is _NEVER_INDEXED for h in headers):
+            return
+        if len(self._blocks) >= _BLOCK_CACHE_ENTRIES:
+            self._blocks.clear()
+        self._blocks[data] = (version, headers)
+
+    def _fast(self, data: bytes) -> tuple[list[Any], bool] | None:
+        """(fields, whether the dynamic table was used), or None for the general decoder."""
         headers: list[Any] = []
         append = headers.append
         static = _STATIC
+        dynamic = self.header_table.dynamic_entries
+        used_dynamic = False
         n = len(data)
         pos = 0
         total = 0
@@ -154,10 +185,16 @@ class FastDecoder(hpack.Decoder):
             b = data[pos]
             if b & 0x80:  # indexed field
                 index = b & 0x7F
-                if index == 0 or index > _STATIC_LEN:
-                    return None  # dynamic table (or invalid): the general decoder
+                if index == 0 or index == 0x7F:
+                    return None  # invalid, or a longer index: the general decoder
                 pos += 1
-                field = static[index - 1]
+                if index <= _STATIC_LEN:
+                    field = static[index - 1]
+                elif index - _STATIC_LEN <= len(dynamic):
+                    field = dynamic[index - _STATIC_LEN - 1]
+                    used_dynamic = True
+                else:
+                    return None  # out of range: the general decoder raises
                 append(field)
                 total += len(field[0]) + len(field[1]) + 32
                 continue
@@ -179,9 +216,13 @@ class FastDecoder(hpack.Decoder):
                     if not c & 0x80:
                         break
             if index:
-                if index > _STATIC_LEN:
+                if index <= _STATIC_LEN:
+                    name = static[index - 1][0]
+                elif index - _STATIC_LEN <= len(dynamic):
+                    name = dynamic[index - _STATIC_LEN - 1][0]
+                    used_dynamic = True
+                else:
                     return None
-                name = static[index - 1][0]
             else:
                 if pos >= n or data[pos] & 0x80:
                     return None  # Huffman-coded name
@@ -216,4 +257,4 @@ class FastDecoder(hpack.Decoder):
             append(hpack.NeverIndexedHeaderTuple(name, value) if kind == 0x10 else (name, value))
         if total > limit:
             raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
-        return headers
+        return headers, used_dynamic

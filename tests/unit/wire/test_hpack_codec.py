@@ -101,3 +101,56 @@ def test_repeated_plain_blocks_decode_from_memory_and_stay_independent() -> None
     second = decoder.decode(block, raw=True)
     assert [tuple(h) for h in second] == headers
     assert block in decoder._blocks
+
+
+def test_blocks_of_table_references_decode_fast_and_stay_in_step_with_the_table() -> None:
+    """An h2 client repeats one block of dynamic-table references per similar request. Such
+    blocks are decoded without hpack's decoder and remembered for the table they were read
+    against; through evictions and a table size change they agree with the reference."""
+    rnd = random.Random(9)
+    enc, fast, ref = hpack.Encoder(), FastDecoder(), hpack.Decoder()
+    fast.max_header_list_size = ref.max_header_list_size = 1 << 20
+    repeated = [_random_headers(rnd) for _ in range(6)]
+    for i in range(400):
+        if i == 200:
+            enc.header_table_size = 512  # signalled in the next block; evicts entries
+        headers = rnd.choice(repeated) if rnd.random() < 0.8 else _random_headers(rnd)
+        block = enc.encode(headers)
+        expected = [tuple(h) for h in ref.decode(block, raw=True)]
+        assert expected == headers
+        assert [tuple(h) for h in fast.decode(block, raw=True)] == expected
+    request = [(b":method", b"GET"), (b":path", b"/small"), (b"user-agent", b"h2load nghttp2")]
+    fast.decode(enc.encode(request), raw=True)  # literals, indexed into the table
+    block = enc.encode(request)  # now only references
+    version = fast._version
+    assert [tuple(h) for h in fast.decode(block, raw=True)] == request
+    assert [tuple(h) for h in fast.decode(block, raw=True)] == request
+    assert fast._version == version  # hpack's decoder was not needed
+    assert fast._blocks[block][0] == version
+
+
+def test_blocks_read_by_hpack_that_leave_the_table_alone_are_remembered() -> None:
+    """A Huffman literal without indexing (what nghttp2 clients send for some fields) needs
+    hpack's decoder once; the same block again is served from memory while the table stands,
+    and read again after it changed. A never-indexed credential is never kept."""
+    from hpack.huffman import HuffmanEncoder
+    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+
+    value = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"/small?x=1")
+    block = b"\x82" + b"\x04" + bytes([0x80 | len(value)]) + value  # GET, :path literal
+    fast = FastDecoder()
+    assert [tuple(h) for h in fast.decode(block, raw=True)] == [
+        (b":method", b"GET"),
+        (b":path", b"/small?x=1"),
+    ]
+    version = fast._version
+    assert fast._blocks[block][0] == version
+    assert [tuple(h) for h in fast.decode(block, raw=True)][1] == (b":path", b"/small?x=1")
+    assert fast._version == version
+    enc = hpack.Encoder()
+    fast.decode(enc.encode([(b"x-new", b"entry")]), raw=True)  # indexes: a new table version
+    assert fast._version == version + 1
+    assert [tuple(h) for h in fast.decode(block, raw=True)][1] == (b":path", b"/small?x=1")
+    secret = enc.encode([(b"authorization", b"Bearer s3cret", True)], huffman=True)
+    assert fast.decode(secret, raw=True)[0][1] == b"Bearer s3cret"
+    assert secret not in fast._blocks
