@@ -285,9 +285,9 @@ class Exchange:
         and the body pieces of one read (a large frame arrives in several) go to the eyeball
         with one syscall."""
         held = self._held
-        if not held:
-            self.conn.defer(self)
         held.append(data)
+        if len(held) == 1:
+            self.conn.defer(self)  # outside a tunnel read this writes at once
 
     def flush_deferred(self) -> None:
         held = self._held
