@@ -57,7 +57,7 @@ def test_pieces_of_one_read_leave_together() -> None:
 
 
 def test_a_write_outside_a_read_is_not_held() -> None:
-    exchange, eyeball, conn = _exchange()
+    exchange, eyeball, _conn = _exchange()
     exchange._write(b"late bytes")
     assert eyeball.writes == [b"late bytes"]
     assert exchange._held == []
