@@ -35,12 +35,32 @@ class _Counter(Metric):
         self.add_sample(self.name, dict(zip(self._labelnames, values, strict=True)), value)
 
 
+def _counter(
+    name: str,
+    documentation: str,
+    rows: Iterable[tuple[list[str], float]],
+    labels: Iterable[str] = (),
+) -> _Counter:
+    """One counter family from (label values, value) rows."""
+    family = _Counter(name, documentation, labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
 class _FnCollector(Collector):
     def __init__(self, fn: Callable[[], Iterable[Metric]]) -> None:
         self._fn = fn
 
     def collect(self) -> Iterator[Metric]:
         yield from self._fn()
+
+
+def _registry(collect: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
+    """A fresh registry built from `collect` at each scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_FnCollector(collect))
+    return registry
 
 
 def connector_registry(view: ConnectorView) -> CollectorRegistry:
@@ -58,23 +78,22 @@ def connector_registry(view: ConnectorView) -> CollectorRegistry:
         yield GaugeMetricFamily(
             "cloudflared_tunnel_ha_connections", "Number of active ha connections", len(conns)
         )
-        c = _Counter(
+        yield _counter(
             "cloudflared_tunnel_total_requests",
             "Amount of requests proxied through all the tunnels",
+            [([], proxy.total_requests)],
         )
-        c.add_metric([], proxy.total_requests)
-        yield c
-        c = _Counter("cloudflared_tunnel_request_errors", "Count of error proxying to origin")
-        c.add_metric([], proxy.request_errors)
-        yield c
-        c = _Counter(
+        yield _counter(
+            "cloudflared_tunnel_request_errors",
+            "Count of error proxying to origin",
+            [([], proxy.request_errors)],
+        )
+        yield _counter(
             "cloudflared_tunnel_response_by_code",
             "Count of responses by HTTP status code",
+            [([str(code)], n) for code, n in sorted(proxy.by_code.items())],
             labels=["status_code"],
         )
-        for code, n in sorted(proxy.by_code.items()):
-            c.add_metric([str(code)], n)
-        yield c
         yield GaugeMetricFamily(
             "cloudflared_tunnel_concurrent_requests_per_tunnel",
             "Concurrent requests proxied through each tunnel",
@@ -106,37 +125,33 @@ def connector_registry(view: ConnectorView) -> CollectorRegistry:
         for index, _cid, _loc, _n in conns:
             g.add_metric([tunnel_id, str(index)], 1)
         yield g
-        c = _Counter(
+        yield _counter(
             "cloudflared_tunnel_tunnel_register_success",
             "Count of successful tunnel registrations",
+            [(["registerConnection"], stats.register_success)],
             labels=["rpcName"],
         )
-        c.add_metric(["registerConnection"], stats.register_success)
-        yield c
-        c = _Counter(
+        yield _counter(
             "cloudflared_tunnel_tunnel_register_fail",
             "Count of tunnel registration errors by type",
+            [
+                ([cause, "registerConnection"], n)
+                for cause, n in sorted(stats.register_fail.items())
+            ],
             labels=["error", "rpcName"],
         )
-        for cause, n in sorted(stats.register_fail.items()):
-            c.add_metric([cause, "registerConnection"], n)
-        yield c
-        c = _Counter(
+        yield _counter(
             "cloudflared_config_local_config_pushes",
             "Number of local configuration pushes to the edge",
+            [([], stats.local_config_pushes)],
         )
-        c.add_metric([], stats.local_config_pushes)
-        yield c
-        c = _Counter(
+        yield _counter(
             "cloudflared_config_local_config_pushes_errors",
             "Number of errors occurred during local configuration pushes",
+            [([], stats.local_config_push_errors)],
         )
-        c.add_metric([], stats.local_config_push_errors)
-        yield c
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_FnCollector(collect))
-    return registry
+    return _registry(collect)
 
 
 def _tunnel_label(tunnel: uuid.UUID | None) -> str:
@@ -146,16 +161,15 @@ def _tunnel_label(tunnel: uuid.UUID | None) -> str:
 def edge_registry(view: EdgeView) -> CollectorRegistry:
     def collect() -> Iterator[Metric]:
         stats = view.stats
-        c = _Counter(
+        requests = sorted(
+            stats.requests.items(), key=lambda kv: (_tunnel_label(kv[0][0]), kv[0][1], kv[0][2])
+        )
+        yield _counter(
             "burrow_edge_requests_total",
             "Eyeball requests by tunnel, hostname and response status",
+            [([_tunnel_label(t), host, str(status)], n) for (t, host, status), n in requests],
             labels=["tunnel_id", "hostname", "status"],
         )
-        for (tunnel, host, status), n in sorted(
-            stats.requests.items(), key=lambda kv: (_tunnel_label(kv[0][0]), kv[0][1], kv[0][2])
-        ):
-            c.add_metric([_tunnel_label(tunnel), host, str(status)], n)
-        yield c
         for name, doc, hists in (
             (
                 "burrow_edge_response_latency_seconds",
@@ -195,23 +209,19 @@ def edge_registry(view: EdgeView) -> CollectorRegistry:
             for label, n in sorted(values.items()):
                 g.add_metric([label], n)
             yield g
-        c = _Counter(
-            "burrow_edge_registrations_total", "Successful tunnel connection registrations"
+        yield _counter(
+            "burrow_edge_registrations_total",
+            "Successful tunnel connection registrations",
+            [([], stats.registration_success)],
         )
-        c.add_metric([], stats.registration_success)
-        yield c
-        c = _Counter(
+        yield _counter(
             "burrow_edge_registration_failures_total",
             "Refused tunnel connection registrations, by cause",
+            [([cause], n) for cause, n in sorted(stats.registration_fail.items())],
             labels=["cause"],
         )
-        for cause, n in sorted(stats.registration_fail.items()):
-            c.add_metric([cause], n)
-        yield c
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_FnCollector(collect))
-    return registry
+    return _registry(collect)
 
 
 def _escape_label(value: str) -> str:
