@@ -9,9 +9,7 @@ up until `H2Endpoint.connection_lost` started telling `runtime.collect_cycles` t
 from __future__ import annotations
 
 import asyncio
-import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +19,6 @@ from burrow import runtime
 from burrow.edge.public import EyeballProtocol
 from burrow.edge.public_h2 import H2EyeballConnection
 from burrow.testing.frontdoor import curl, edge_stack
-
-
-@pytest.fixture
-def rare_collections() -> Iterator[None]:
-    """No collection triggered by allocation counts while the test runs (as in a server)."""
-    old = gc.get_threshold()
-    gc.collect()
-    gc.set_threshold(1 << 30, 1 << 10, 1 << 10)
-    runtime._closed_connections = 0
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
 
 
 @pytest.mark.parametrize(

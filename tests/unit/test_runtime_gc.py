@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,24 +24,11 @@ class _Connection:
         self.me = self
 
 
-@pytest.fixture
-def server_thresholds() -> Iterator[None]:
-    """The thresholds of a tuned server, and nothing collected by allocation counts."""
-    old = gc.get_threshold()
-    gc.collect()
-    gc.set_threshold(1 << 30, 1 << 10, 1 << 10)
-    runtime._closed_connections = 0
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-
-
 def _garbage() -> weakref.ref[_Connection]:
     return weakref.ref(_Connection())
 
 
-async def test_cycles_are_collected_after_a_connection_closes(server_thresholds: None) -> None:
+async def test_cycles_are_collected_after_a_connection_closes(rare_collections: None) -> None:
     collector = asyncio.ensure_future(runtime.collect_cycles(interval=0.05))
     try:
         conn = _garbage()
@@ -57,7 +43,7 @@ async def test_cycles_are_collected_after_a_connection_closes(server_thresholds:
 
 
 async def test_servers_run_the_collector(
-    server_thresholds: None, monkeypatch: pytest.MonkeyPatch
+    rare_collections: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`serve_until_signal` (edge serve, tunnel run) runs it alongside the server."""
     monkeypatch.setattr(runtime, "GC_INTERVAL", 0.05)
