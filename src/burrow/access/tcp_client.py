@@ -287,7 +287,7 @@ class EdgeWebSocket(asyncio.Protocol):
                     self.opened.set_result(None)
                 rest = cast(http1.Upgraded, event).rest
                 if rest:
-                    self._frames(rest)
+                    self._frames(bytes(rest))
                 return
             elif t is http1.Data:
                 room = MAX_ERROR_BODY - len(self._body)

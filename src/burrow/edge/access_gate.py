@@ -149,7 +149,7 @@ class LocalExchange:
         self._too_large = False
         self._task: asyncio.Task[None] | None = None
 
-    def request_data(self, data: bytes) -> None:
+    def request_data(self, data: DataPiece) -> None:
         if len(self._body) + len(data) > MAX_BODY:
             self._too_large = True
             return

@@ -166,7 +166,7 @@ class Exchange:
 
     # --- eyeball -> tunnel ----------------------------------------------------------------------
 
-    def request_data(self, data: bytes) -> None:
+    def request_data(self, data: DataPiece) -> None:
         stream = self.stream
         if stream is None or stream.closed:
             return

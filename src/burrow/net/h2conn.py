@@ -19,9 +19,9 @@ import logging
 from typing import Any, Protocol, cast
 
 from burrow.runtime import connection_closed
+from burrow.wire import DataPiece
 from burrow.wire.h2core import (
     CoreStream,
-    DataPiece,
     ErrorCode,
     H2ConnectionError,
     H2Core,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from burrow.errors import OriginError, RemoteProtocolError
-from burrow.wire import http1
+from burrow.net import recvbuf
+from burrow.wire import DataPiece, http1
 
 log = logging.getLogger("burrow.origin")
 
@@ -29,7 +30,7 @@ class OriginListener(Protocol):
     def origin_event(self, event: Any) -> None:
         """An http1 ResponseHead, Data, EndOfMessage or Upgraded event."""
 
-    def origin_raw(self, data: bytes) -> None:
+    def origin_raw(self, data: DataPiece) -> None:
         """Bytes after an upgrade."""
 
     def origin_failed(self, exc: Exception) -> None: ...
@@ -51,7 +52,7 @@ class OriginAddress:
     happy_eyeballs: bool = True  # Go's dialer default; `noHappyEyeballs` turns it off
 
 
-class OriginConnection(asyncio.Protocol):
+class OriginConnection(recvbuf.PooledReads):
     def __init__(self, pool: OriginPool | None) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
@@ -81,7 +82,7 @@ class OriginConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: DataPiece) -> None:
         listener = self.listener
         if listener is None:
             # Bytes while idle: the origin broke the protocol; do not reuse.

@@ -213,7 +213,8 @@ class HTTPRelay:
         t = type(event)
         stream = self.stream
         if t is http1.Data:
-            if not stream.write(event.data) and self.origin is not None:
+            # owned: a view here is of a receive buffer that is not reused while it lives
+            if not stream.write(event.data, owned=True) and self.origin is not None:
                 self.origin.pause_reading()
         elif t is http1.ResponseHead:
             self._response_started = True
@@ -234,8 +235,8 @@ class HTTPRelay:
             if event.rest:
                 self.origin_raw(event.rest)
 
-    def origin_raw(self, data: bytes) -> None:
-        if not self.stream.write(data) and self.origin is not None:
+    def origin_raw(self, data: DataPiece) -> None:
+        if not self.stream.write(data, owned=True) and self.origin is not None:
             self.origin.pause_reading()
 
     def origin_writable(self) -> None:

@@ -23,6 +23,7 @@ import os
 import socket
 from typing import cast
 
+from burrow.net import recvbuf
 from burrow.net.h2conn import DataPiece, H2Stream, Headers
 from burrow.wire import websocket as ws
 from burrow.wire.tunnel_h2 import connector_error_headers, origin_response_headers
@@ -89,7 +90,7 @@ def _header(headers: Headers, wanted: bytes) -> bytes | None:
     return None
 
 
-class StreamBridge(asyncio.Protocol):
+class StreamBridge(recvbuf.PooledReads):
     """StreamHandler for one tunnel stream and Protocol for its TCP connection to the target."""
 
     __slots__ = (
@@ -125,7 +126,7 @@ class StreamBridge(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._decoder = ws.FrameDecoder(server=True) if websocket_key is not None else None
         self._pending: list[DataPiece] = []  # edge bytes that arrived while dialling (<= h2 window)
-        self._early: list[bytes] = []  # target bytes that arrived before the 200 was sent
+        self._early: list[DataPiece] = []  # target bytes that arrived before the 200 was sent
         self._origin_gone = False
         self._unacked = 0
         self._acked = False
@@ -214,7 +215,7 @@ class StreamBridge(asyncio.Protocol):
         self.transport = t
         t.set_write_buffer_limits(high=ORIGIN_WRITE_HIGH, low=ORIGIN_WRITE_LOW)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: DataPiece) -> None:
         if self._done:
             return
         if not self._acked:
@@ -226,7 +227,8 @@ class StreamBridge(asyncio.Protocol):
             return
         if self._decoder is not None:
             data = ws.frame_header(ws.OP_BINARY, len(data)) + data
-        if not self.stream.write(data) and self.transport is not None:
+        # owned: a view here is of a receive buffer that is not reused while the view lives
+        if not self.stream.write(data, owned=True) and self.transport is not None:
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:

@@ -30,12 +30,10 @@ from typing import Any
 
 from hpack.exceptions import HPACKError
 
+from burrow.wire import DataPiece
 from burrow.wire.hpack_codec import FastDecoder, FastEncoder
 
 Headers = list[tuple[bytes, bytes]]
-# Received DATA as the owner gets it: bytes, or for a large piece of a large frame a read-only
-# view of the bytes the transport delivered (no copy; see `H2Core.receive`).
-DataPiece = bytes | memoryview
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -29,6 +29,7 @@ from burrow.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from burrow.wire import DataPiece
 from burrow.wire.http1_write import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -88,7 +89,7 @@ class ResponseHead:
 
 @dataclass(slots=True)
 class Data:
-    data: bytes
+    data: DataPiece
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ class EndOfMessage:
 
 @dataclass(slots=True)
 class Upgraded:
-    rest: bytes
+    rest: DataPiece
 
 
 RequestEvent: TypeAlias = RequestHead | Data | EndOfMessage | Upgraded
@@ -242,7 +243,7 @@ class _Parser:
 
     # --- driving ---------------------------------------------------------------------------------
 
-    def _feed(self, data: bytes, events: list[Any]) -> None:
+    def _feed(self, data: DataPiece, events: list[Any]) -> None:
         if self._error is not None:
             raise self._error
         try:
@@ -253,7 +254,7 @@ class _Parser:
                 self._state = _DONE
             raise
 
-    def _run(self, data: bytes, events: list[Any]) -> None:
+    def _run(self, data: DataPiece, events: list[Any]) -> None:
         pos = 0
         n = len(data)
         while True:
@@ -264,9 +265,7 @@ class _Parser:
                 return
             if pos >= n:
                 return
-            if st == _HEAD:
-                pos = self._feed_head(data, pos, n, events)
-            elif st == _CL or st == _CHUNK_DATA:
+            if st == _CL or st == _CHUNK_DATA:
                 r = self._remaining
                 if n - pos < r:
                     events.append(Data(data[pos:] if pos else data))
@@ -278,6 +277,17 @@ class _Parser:
                     self._end(events, [])
                 else:
                     self._state = _CHUNK_END
+            elif st == _UNTIL_CLOSE:
+                events.append(Data(data[pos:] if pos else data))
+                return
+            elif type(data) is not bytes:
+                # A large read lent as a view (net/recvbuf) that goes on past the body: heads,
+                # chunk framing and trailers are parsed from bytes.
+                data = bytes(data[pos:])
+                n = len(data)
+                pos = 0
+            elif st == _HEAD:
+                pos = self._feed_head(data, pos, n, events)
             elif st == _CHUNK_SIZE:
                 line, pos = self._line(data, pos, n, _MAX_CHUNK_LINE)
                 if line is None:
@@ -315,9 +325,6 @@ class _Parser:
                 self._trailers.append((m.group(1).lower(), m.group(2).rstrip(b" \t")))
                 if len(self._trailers) > self._max_headers:
                     raise self._fail("too many trailer fields", 431)
-            elif st == _UNTIL_CLOSE:
-                events.append(Data(data[pos:] if pos else data))
-                return
             else:
                 raise LocalProtocolError("HTTP/1.1 parser fed after it finished (upgrade or error)")
 
@@ -500,7 +507,7 @@ class RequestParser(_Parser):
         super().__init__(max_header_bytes, max_headers)
         self._max_target = max_target_bytes
 
-    def feed(self, data: bytes) -> list[RequestEvent]:
+    def feed(self, data: DataPiece) -> list[RequestEvent]:
         events: list[RequestEvent] = []
         self._feed(data, events)
         return events
@@ -584,7 +591,7 @@ class ResponseParser(_Parser):
     def expect(self, method: bytes) -> None:
         self._methods.append(method)
 
-    def feed(self, data: bytes) -> list[ResponseEvent]:
+    def feed(self, data: DataPiece) -> list[ResponseEvent]:
         events: list[ResponseEvent] = []
         self._feed(data, events)
         return events

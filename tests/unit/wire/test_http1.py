@@ -866,3 +866,30 @@ def test_fuzz_response_random_bytes_only_raise_remote_errors(
         feed_chunks(p, [b"HTTP/1.1 200 OK\r\n", *chunks], eof=True)
     except RemoteProtocolError:
         pass
+
+
+def test_views_pass_through_bodies_and_are_parsed_as_bytes_elsewhere() -> None:
+    """Large reads arrive as views of a pooled receive buffer (net/recvbuf): body bytes go on
+    as views of it, while heads, chunk framing and trailers in the same read are still parsed."""
+    p = ResponseParser()
+    p.expect(b"GET")
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = head + b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n"
+    evs = p.feed(memoryview(bytearray(wire)))
+    assert evs[0].chunked
+    assert [bytes(e.data) for e in evs[1:3]] == [b"hello", b" world"]
+    assert evs[3] == EndOfMessage([(b"x-sum", b"1")])
+    # A Content-Length body read in one view: the Data is that view, not a copy.
+    p = ResponseParser()
+    p.expect(b"GET")
+    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+    buf = bytearray(b"abcdefgh")
+    evs = p.feed(memoryview(buf))
+    assert type(evs[0].data) is memoryview and evs[0].data.obj is buf
+    assert evs[1] == EndOfMessage([])
+    # The body's end and the next pipelined request's head in one view.
+    q = RequestParser()
+    q.feed(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n")
+    evs = q.feed(memoryview(b"xyzGET /b HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert bytes(evs[0].data) == b"xyz" and evs[1] == EndOfMessage([])
+    assert evs[2].target == b"/b"

@@ -1,0 +1,98 @@
+"""Receive buffers for `asyncio.BufferedProtocol` reads: large reads, passed on without a copy.
+
+With `data_received`, uvloop reads at most 256,000 bytes at a time into a buffer of its own and
+copies each read into a new `bytes`. The connector's origin connections read into these
+1 MiB pooled buffers instead, and a large read goes on to the tunnel as a `memoryview`: the h2
+stream queues the view and the TLS transport encrypts from it at the next flush. Fewer, larger
+reads make fewer, larger DATA frames and TLS writes in the process that encrypts a download,
+its bottleneck (bench: burrow-h1 downloads +10-25 % in alternating runs). The edge's eyeball
+reads were tried the same way for uploads and measured no better, so they keep `data_received`.
+
+A buffer is reused only when no view of it is alive. A `bytearray` with exported buffers
+refuses to be resized, which `_lent` uses as an exact, cheap test. Reads under `VIEW_MIN` are
+copied out as `bytes`, so a view holds at most twice its own length: whatever queues views
+(stream high-water marks, transport write limits) stays bounded as before, within that factor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from burrow.wire import DataPiece
+
+BUF_SIZE = 1 << 20
+VIEW_MIN = BUF_SIZE // 2  # smaller reads are copied out (memory pinned per byte stays <= 2x)
+POOL_MAX = 4  # buffers kept for reuse per process; more lent at once are allocated and dropped
+
+
+def _lent(buf: bytearray) -> bool:
+    """True while a view of `buf` is alive (a resize of an exported bytearray fails)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    del buf[-1]
+    return False
+
+
+def _new_buffer() -> bytearray:
+    buf = bytearray(BUF_SIZE + 1)
+    del buf[-1]  # leaves spare capacity, so `_lent`'s probe never reallocates
+    return buf
+
+
+class RecvBuffers:
+    """A pool of receive buffers; one per process (`POOL`), shared by all connections.
+
+    `get_buffer` and `filled` bracket one read: asyncio calls `get_buffer`, reads into it and
+    calls `buffer_updated` synchronously, so the buffer of the read in progress is remembered
+    between the two calls."""
+
+    __slots__ = ("_current", "_pool")
+
+    def __init__(self) -> None:
+        self._pool: list[bytearray] = []
+        self._current: bytearray | None = None
+
+    def get_buffer(self) -> memoryview:
+        """A free buffer, as a view: asyncio's pure-Python TLS transport slices what it is given
+        to read the rest of a record into, which would copy a bytearray."""
+        return memoryview(self._take())
+
+    def _take(self) -> bytearray:
+        current = self._current
+        if current is not None and not _lent(current):
+            return current
+        for buf in self._pool:
+            if buf is not current and not _lent(buf):
+                self._current = buf
+                return buf
+        buf = _new_buffer()  # allocated on first use: idle processes do not pay for it
+        if len(self._pool) < POOL_MAX:
+            self._pool.append(buf)
+        self._current = buf
+        return buf
+
+    def filled(self, n: int) -> DataPiece:
+        """The `n` bytes just read: a view of the buffer when large, else a copy."""
+        view = memoryview(self._current)[:n]  # type: ignore[arg-type]
+        return view if n >= VIEW_MIN else bytes(view)
+
+
+POOL = RecvBuffers()
+
+
+class PooledReads(asyncio.BufferedProtocol):
+    """Base for a protocol whose reads land in `POOL`'s buffers and reach `data_received` as
+    `bytes` or, when large, as a view it may pass on (never written to while it lives)."""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return POOL.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(POOL.filled(nbytes))
+
+    def data_received(self, data: DataPiece) -> None:
+        raise NotImplementedError
