@@ -15,8 +15,7 @@ import pytest
 
 from burrow.edge.public import EyeballProtocol
 from burrow.edge.tunnel_conn import EdgeTunnelConnection
-from burrow.ingress.rules import Ingress
-from burrow.testing.harness import TunnelStack
+from burrow.testing.harness import TunnelStack, protocol_origin
 from burrow.testing.origins import pattern_bytes
 
 SIZE = 12 << 20
@@ -71,18 +70,9 @@ async def test_large_response_is_intact_with_one_eyeball_write_per_tunnel_read(
     monkeypatch.setattr(EdgeTunnelConnection, "data_received", counted_read)
     monkeypatch.setattr(EyeballProtocol, "write", counted_write)
     monkeypatch.setattr(EyeballProtocol, "writelines", counted_writelines)
-    server = await asyncio.get_running_loop().create_server(_Origin, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ingress = Ingress.parse(
-        [{"hostname": "app.localhost", "service": f"http://127.0.0.1:{port}"},
-         {"service": "http_status:404"}]
-    )  # fmt: skip
-    try:
-        async with TunnelStack.start(tmp_path, ingress) as stack:
-            counts["reads"] = counts["writes"] = 0
-            body = await _get(stack.http_port)
-    finally:
-        server.close()
+    async with protocol_origin(_Origin) as ingress, TunnelStack.start(tmp_path, ingress) as stack:
+        counts["reads"] = counts["writes"] = 0
+        body = await _get(stack.http_port)
     assert len(body) == SIZE and body == BODY
     assert counts["reads"] >= 12  # 12 MiB cannot come in fewer reads of at most 256 KiB
     assert counts["writes"] <= counts["reads"], counts

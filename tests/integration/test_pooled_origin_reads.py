@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from burrow.ingress.rules import Ingress
 from burrow.net import recvbuf
-from burrow.testing.harness import TunnelStack
+from burrow.testing.harness import TunnelStack, protocol_origin
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -123,26 +122,15 @@ async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
     monkeypatch.setattr(recvbuf, "VIEW_MIN", 1)
     pool = _CountingPool()
     monkeypatch.setattr(recvbuf, "POOL", pool)
-    server = await asyncio.get_running_loop().create_server(_Origin, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ingress = Ingress.parse(
-        [{"hostname": "app.localhost", "service": f"http://127.0.0.1:{port}"},
-         {"service": "http_status:404"}]
-    )  # fmt: skip
-    try:
-        async with TunnelStack.start(tmp_path, ingress) as stack:
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", stack.http_port, limit=64 << 10
-            )
-            writer.write(b"GET /big HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
-            got = bytearray()
-            for _ in range(40):  # stall, then take a little: the tunnel fills and drains
-                await asyncio.sleep(0.01)
-                got += await asyncio.wait_for(reader.read(256 << 10), 10)
-            got += await asyncio.wait_for(reader.read(-1), 30)
-            writer.close()
-    finally:
-        server.close()
+    async with protocol_origin(_Origin) as ingress, TunnelStack.start(tmp_path, ingress) as stack:
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port, limit=64 << 10)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+        got = bytearray()
+        for _ in range(40):  # stall, then take a little: the tunnel fills and drains
+            await asyncio.sleep(0.01)
+            got += await asyncio.wait_for(reader.read(256 << 10), 10)
+        got += await asyncio.wait_for(reader.read(-1), 30)
+        writer.close()
     head, _, body = bytes(got).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head[:100]
     assert len(body) == len(BODY)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 
-from burrow.ingress.rules import Ingress
-from burrow.testing.harness import TunnelStack
+from burrow.testing.harness import TunnelStack, protocol_origin
 
 
 class _Origin(asyncio.Protocol):
@@ -26,7 +27,7 @@ class _Origin(asyncio.Protocol):
 
 
 async def _post_chunked(stack: TunnelStack) -> int:
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         yield b"part one "
         yield b"part two"
 
@@ -38,25 +39,14 @@ async def _post_chunked(stack: TunnelStack) -> int:
         return r.status
 
 
-async def test_unframed_body_never_reuses_the_origin_connection(tmp_path) -> None:
+async def test_unframed_body_never_reuses_the_origin_connection(tmp_path: Path) -> None:
     _Origin.served = []
-    server = await asyncio.get_running_loop().create_server(_Origin, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ingress = Ingress.parse(
-        [
-            {
-                "hostname": "app.localhost",
-                "service": f"http://127.0.0.1:{port}",
-                "originRequest": {"disableChunkedEncoding": True},
-            },
-            {"service": "http_status:404"},
-        ]
-    )
-    try:
-        async with TunnelStack.start(tmp_path, ingress) as stack:
-            assert await _post_chunked(stack) == 200
-            assert await _post_chunked(stack) == 200
-    finally:
-        server.close()
+    unframed = {"disableChunkedEncoding": True}
+    async with (
+        protocol_origin(_Origin, unframed) as ingress,
+        TunnelStack.start(tmp_path, ingress) as stack,
+    ):
+        assert await _post_chunked(stack) == 200
+        assert await _post_chunked(stack) == 200
     assert len(_Origin.served) == 2
     assert _Origin.served[0] != _Origin.served[1]

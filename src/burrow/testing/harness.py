@@ -7,7 +7,7 @@ async with TunnelStack.start(tmp_path, ingress=...) as stack:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,3 +118,20 @@ class TunnelStack:
             if connector is not None:
                 await connector.stop(grace=1.0)
             await edge.stop(grace=1.0)
+
+
+@asynccontextmanager
+async def protocol_origin(
+    factory: Callable[[], asyncio.BaseProtocol], origin_request: dict[str, Any] | None = None
+) -> AsyncIterator[Ingress]:
+    """A raw asyncio origin on loopback (one that times, splits or breaks its answers on
+    purpose) and the ingress routing app.localhost to it, with a 404 for anything else."""
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    route: dict[str, Any] = {"hostname": "app.localhost", "service": f"http://127.0.0.1:{port}"}
+    if origin_request:
+        route["originRequest"] = origin_request
+    try:
+        yield Ingress.parse([route, {"service": "http_status:404"}])
+    finally:
+        server.close()
