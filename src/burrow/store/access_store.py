@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from burrow.errors import ConfigError, Conflict, NotFound
+from burrow.store.records import from_row, utc
 from burrow.store.sealing import SecretBox
 from burrow.store.secrets import hash_secret
 from burrow.store.sqlalchemy_store import SQLStore
@@ -121,10 +122,6 @@ SECRET_CONFIG_KEYS = ("client_secret", "smtp_password")  # sealed at rest
 REVOCATION_KINDS = ("session", "user", "app")
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -214,41 +211,28 @@ def _specs(text: str) -> tuple[SelectorSpec, ...]:
 
 
 def _app(row: Any) -> AppRecord:
-    return AppRecord(
-        id=row.id,
-        name=row.name,
-        domain=row.domain,
-        aud=row.aud,
+    return from_row(
+        AppRecord,
+        row,
         session_duration=float(row.session_duration),
         allowed_idps=tuple(json.loads(row.allowed_idps)),
         cors=json.loads(row.cors),
-        created_at=_utc(row.created_at),
     )
 
 
 def _policy(row: Any) -> PolicyRecord:
-    return PolicyRecord(
-        id=row.id,
-        app_id=row.app_id,
-        name=row.name,
-        action=row.action,
+    return from_row(
+        PolicyRecord,
+        row,
         precedence=int(row.precedence),
         include=_specs(row.include),
         require=_specs(row.require),
         exclude=_specs(row.exclude),
-        created_at=_utc(row.created_at),
     )
 
 
 def _service_token(row: Any) -> ServiceTokenRecord:
-    return ServiceTokenRecord(
-        id=row.id,
-        name=row.name,
-        client_id=row.client_id,
-        secret_hash=row.secret_hash,
-        created_at=_utc(row.created_at),
-        expires_at=_utc(row.expires_at) if row.expires_at is not None else None,
-    )
+    return from_row(ServiceTokenRecord, row)
 
 
 def new_service_token_secret() -> tuple[str, str]:
@@ -498,7 +482,7 @@ class AccessStore:
             rows = await conn.execute(sa.select(idps_t).order_by(idps_t.c.created_at))
             return [
                 IdpRecord(
-                    r.id, r.name, r.type, self._open_config(r.id, r.config), _utc(r.created_at)
+                    r.id, r.name, r.type, self._open_config(r.id, r.config), utc(r.created_at)
                 )
                 for r in rows
             ]
@@ -556,7 +540,7 @@ class AccessStore:
                 KeyRecord(
                     r.kid,
                     base64.b64decode(self.box.open(r.seal_id, r.private_sealed)),
-                    _utc(r.created_at),
+                    utc(r.created_at),
                     None,
                 )
                 for r in rows
@@ -585,7 +569,7 @@ class AccessStore:
         async with self.store._tx(write=False) as conn:
             rows = await conn.execute(sa.select(revocations_t))
             return [
-                RevocationRecord(r.kind, r.value, _utc(r.created_at), _utc(r.expires_at))
+                RevocationRecord(r.kind, r.value, utc(r.created_at), utc(r.expires_at))
                 for r in rows
             ]
 
@@ -614,10 +598,10 @@ class AccessStore:
             row = (
                 await conn.execute(sa.select(pending_t).where(pending_t.c.id == pending_id[:64]))
             ).first()
-        if row is None or row.kind != kind or _utc(row.expires_at) <= _ts(now):
+        if row is None or row.kind != kind or utc(row.expires_at) <= _ts(now):
             return None
         return PendingRecord(
-            row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at)
+            row.id, row.kind, json.loads(row.data), int(row.attempts), utc(row.expires_at)
         )
 
     async def take_pending(self, kind: str, pending_id: str, *, now: float) -> PendingRecord | None:
@@ -629,10 +613,10 @@ class AccessStore:
             if row is None or row.kind != kind:
                 return None
             await conn.execute(pending_t.delete().where(pending_t.c.id == row.id))
-        if _utc(row.expires_at) <= _ts(now):
+        if utc(row.expires_at) <= _ts(now):
             return None
         return PendingRecord(
-            row.id, row.kind, json.loads(row.data), int(row.attempts), _utc(row.expires_at)
+            row.id, row.kind, json.loads(row.data), int(row.attempts), utc(row.expires_at)
         )
 
     async def count_attempt(self, pending_id: str) -> int:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from burrow.store.records import utc
 from burrow.store.sealing import SecretBox
 from burrow.store.sqlalchemy_store import SQLStore
 
@@ -43,10 +44,6 @@ class StoredCertificate:
     not_after: datetime
     source: str  # "acme", "upload"
     updated_at: datetime
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 async def put_certificate(
@@ -84,9 +81,9 @@ async def all_certificates(store: SQLStore, box: SecretBox) -> dict[str, StoredC
             hostname=r.hostname,
             cert_pem=r.cert_pem.encode("ascii"),
             key_pem=box.open(_aad(r.hostname), r.key_sealed),
-            not_after=_utc(r.not_after),
+            not_after=utc(r.not_after),
             source=r.source,
-            updated_at=_utc(r.updated_at),
+            updated_at=utc(r.updated_at),
         )
     return out
 

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from burrow.errors import ConfigError
+
+R = TypeVar("R")
+
+
+def utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: everything is stored in UTC, and SQLite hands
+    datetimes back naive."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def from_row(cls: type[R], row: Any, **converted: Any) -> R:
+    """A record (a dataclass) from a row whose columns carry its field names, datetimes made
+    aware (`utc`). `converted` gives the fields a column does not hold as they are (JSON
+    text, comma lists, numbers some drivers return as strings)."""
+    values = dict(converted)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in values:
+            value = getattr(row, f.name)
+            values[f.name] = utc(value) if isinstance(value, datetime) else value
+    return cls(**values)
+
 
 __all__ = [
     "SCOPES",

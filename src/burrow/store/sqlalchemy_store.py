@@ -43,7 +43,9 @@ from burrow.store.records import (
     RoutingSnapshot,
     Tunnel,
     TunnelAuthRecord,
+    from_row,
     normalize_hostname,
+    utc,
 )
 from burrow.store.secrets import hash_secret, new_api_token, new_login_code, verify_secret
 
@@ -131,79 +133,28 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _opt_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
-
-
 def _account(row: Any) -> Account:
-    return Account(id=row.id, name=row.name, created_at=_utc(row.created_at))
+    return from_row(Account, row)
 
 
 def _tunnel(row: Any) -> Tunnel:
-    return Tunnel(
-        id=row.id,
-        account_id=row.account_id,
-        name=row.name,
-        secret_hash=row.secret_hash,
-        created_at=_utc(row.created_at),
-        deleted_at=_opt_utc(row.deleted_at),
-        secret_sealed=row.secret_sealed,
-    )
+    return from_row(Tunnel, row)
 
 
 def _route(row: Any) -> Route:
-    return Route(
-        hostname=row.hostname,
-        tunnel_id=row.tunnel_id,
-        account_id=row.account_id,
-        created_at=_utc(row.created_at),
-    )
+    return from_row(Route, row)
 
 
 def _api_token(row: Any) -> ApiToken:
-    return ApiToken(
-        id=row.id,
-        account_id=row.account_id,
-        name=row.name,
-        scopes=frozenset(x for x in row.scopes.split(",") if x),
-        tunnel_id=row.tunnel_id,
-        secret_hash=row.secret_hash,
-        created_at=_utc(row.created_at),
-        revoked_at=_opt_utc(row.revoked_at),
-    )
+    return from_row(ApiToken, row, scopes=frozenset(x for x in row.scopes.split(",") if x))
 
 
 def _connection(row: Any) -> ConnectionRecord:
-    return ConnectionRecord(
-        id=row.id,
-        tunnel_id=row.tunnel_id,
-        account_id=row.account_id,
-        connector_id=row.connector_id,
-        conn_index=row.conn_index,
-        edge_node=row.edge_node,
-        colo=row.colo,
-        client_version=row.client_version,
-        arch=row.arch,
-        origin_ip=row.origin_ip,
-        opened_at=_utc(row.opened_at),
-    )
+    return from_row(ConnectionRecord, row)
 
 
 def _login(row: Any) -> LoginRequest:
-    return LoginRequest(
-        code=row.code,
-        client_name=row.client_name,
-        created_at=_utc(row.created_at),
-        expires_at=_utc(row.expires_at),
-        status=row.status,
-        account_id=row.account_id,
-        poll_hash=row.poll_hash,
-    )
+    return from_row(LoginRequest, row)
 
 
 def _prepare_sqlite_file(url: URL) -> None:
@@ -572,15 +523,7 @@ class SQLStore:
             await conn.execute(
                 sa.update(tunnels_t).where(tunnels_t.c.id == tunnel_id).values(deleted_at=now)
             )
-        return Tunnel(
-            id=row.id,
-            account_id=row.account_id,
-            name=row.name,
-            secret_hash=row.secret_hash,
-            created_at=_utc(row.created_at),
-            deleted_at=now,
-            secret_sealed=row.secret_sealed,
-        )
+        return from_row(Tunnel, row, deleted_at=now)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -905,7 +848,7 @@ class SQLStore:
                 raise NotFound(f"no login request with code {code}")
             if row.status != LOGIN_PENDING:
                 raise Conflict(f"login request {code} is already {row.status}")
-            if _utc(row.expires_at) <= _now():
+            if utc(row.expires_at) <= _now():
                 raise Conflict(f"login request {code} has expired", status=410)
             if approve:
                 if account_id is None:
@@ -924,8 +867,8 @@ class SQLStore:
         return LoginRequest(
             code=row.code,
             client_name=row.client_name,
-            created_at=_utc(row.created_at),
-            expires_at=_utc(row.expires_at),
+            created_at=utc(row.created_at),
+            expires_at=utc(row.expires_at),
             status=status,
             account_id=account_id if approve else None,
         )

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from burrow.errors import NotFound
+from burrow.store.records import from_row
 from burrow.store.sqlalchemy_store import SQLStore, tunnels_t
 
 __all__ = [
@@ -50,15 +51,7 @@ class TunnelConfig:
 
 
 def _record(row: Any) -> TunnelConfig:
-    updated = row.updated_at
-    if updated.tzinfo is None:
-        updated = updated.replace(tzinfo=UTC)
-    return TunnelConfig(
-        tunnel_id=row.tunnel_id,
-        version=int(row.version),
-        config=json.loads(row.config),
-        updated_at=updated,
-    )
+    return from_row(TunnelConfig, row, version=int(row.version), config=json.loads(row.config))
 
 
 async def set_tunnel_config(

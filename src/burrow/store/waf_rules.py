@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from burrow.errors import ConfigError, Conflict, NotFound
+from burrow.store.records import from_row
 from burrow.store.sqlalchemy_store import SQLStore
 from burrow.waf.rules import Rule, compile_rule, normalise_hostnames
 
@@ -71,18 +72,12 @@ class WafRuleRecord:
 
 
 def _record(row: Any) -> WafRuleRecord:
-    created = row.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return WafRuleRecord(
-        id=row.id,
+    return from_row(
+        WafRuleRecord,
+        row,
         position=int(row.position),
-        expression=row.expression,
-        action=row.action,
         hostnames=tuple(json.loads(row.hostnames)),
-        description=row.description,
         enabled=bool(row.enabled),
-        created_at=created,
     )
 
 
