@@ -5,7 +5,7 @@ copies each read into a new `bytes`. The connector's origin connections read int
 1 MiB pooled buffers instead, and a large read goes on to the tunnel as a `memoryview`: the h2
 stream queues the view and the TLS transport encrypts from it at the next flush. Fewer, larger
 reads make fewer, larger DATA frames and TLS writes in the process that encrypts a download,
-its bottleneck (bench: burrow-h1 downloads +10-25 % in alternating runs). The edge's eyeball
+its bottleneck (bench: burrow-h1 downloads +6-25 % in alternating runs). The edge's eyeball
 reads were tried the same way for uploads and measured no better, so they keep `data_received`.
 
 A buffer is reused only when no view of it is alive: a mapping with exported buffers refuses
