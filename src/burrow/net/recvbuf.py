@@ -9,7 +9,8 @@ its bottleneck (bench: burrow-h1 downloads +6-25 % in alternating runs). The edg
 reads were tried the same way for uploads and measured no better, so they keep `data_received`.
 
 A buffer is reused only when no view of it is alive: a mapping with exported buffers refuses
-to be resized, which `_lent` uses as an exact test (one `mremap` to the same size, ~0.4 us).
+to be resized, which `_lent` uses as an exact test (one `mremap` to the same size, ~0.4 us,
+made only after a view of the buffer was handed out: small requests never pay for it).
 The buffers are anonymous mappings rather than `bytearray`s, which are zero-filled at once:
 a page costs memory only once a read reaches it, so a connector that only ever serves small
 responses stays at a page or two. Reads under `VIEW_MIN` are copied out as `bytes`, so a view
@@ -49,11 +50,12 @@ class RecvBuffers:
     calls `buffer_updated` synchronously, so the buffer of the read in progress is remembered
     between the two calls."""
 
-    __slots__ = ("_current", "_pool")
+    __slots__ = ("_current", "_pool", "_viewed")
 
     def __init__(self) -> None:
         self._pool: list[mmap.mmap] = []
         self._current: mmap.mmap | None = None
+        self._viewed = False  # a view of `_current` was handed out (it may still be alive)
 
     def get_buffer(self) -> memoryview:
         """A free buffer, as a view: asyncio's pure-Python TLS transport slices what it is given
@@ -62,8 +64,10 @@ class RecvBuffers:
 
     def _take(self) -> mmap.mmap:
         current = self._current
-        if current is not None and not _lent(current):
+        if current is not None and (not self._viewed or not _lent(current)):
+            self._viewed = False  # after small reads (copied out) there is nothing to probe
             return current
+        self._viewed = False
         for buf in self._pool:
             if buf is not current and not _lent(buf):
                 self._current = buf
@@ -77,7 +81,10 @@ class RecvBuffers:
     def filled(self, n: int) -> DataPiece:
         """The `n` bytes just read: a view of the buffer when large, else a copy."""
         view = memoryview(self._current)[:n]  # type: ignore[arg-type]
-        return view if n >= VIEW_MIN else bytes(view)
+        if n < VIEW_MIN:
+            return bytes(view)
+        self._viewed = True
+        return view
 
 
 POOL = RecvBuffers()

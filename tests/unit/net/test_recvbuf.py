@@ -43,11 +43,18 @@ def test_a_buffer_is_not_reused_while_a_view_of_it_lives() -> None:
     assert bytes(second) == b"\x02" * BUF_SIZE
 
 
-def test_small_reads_never_pin_the_buffer() -> None:
+def test_small_reads_never_pin_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    probes = []
+    lent = recvbuf._lent
+    monkeypatch.setattr(recvbuf, "_lent", lambda buf: probes.append(buf) or lent(buf))
     pool = RecvBuffers()
     copies = [_read(pool, i, 100) for i in range(50)]
     assert all(type(c) is bytes for c in copies)
     assert len(pool._pool) == 1  # one buffer served all 50 reads
+    assert probes == []  # nothing was lent, so nothing needed the (system call) probe
+    view = _read(pool, 1, BUF_SIZE)
+    _read(pool, 2, 100)
+    assert len(probes) == 1 and type(view) is memoryview and bytes(view[:1]) == b"\x01"
 
 
 def test_the_pool_keeps_at_most_pool_max_buffers() -> None:
