@@ -8,10 +8,12 @@ import asyncio
 import mmap
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import trustme
 
 from burrow.net import recvbuf
 from burrow.testing.harness import TunnelStack, protocol_origin
@@ -111,12 +113,14 @@ BODY = os.urandom(16 << 20)
 
 
 class _CountingPool(recvbuf.RecvBuffers):
-    """Counts the bytes it lends as views."""
+    """Counts the bytes read through it, and those it lends as views."""
 
     lent = 0
+    filled_bytes = 0
 
     def filled(self, n: int) -> bytes | memoryview:
         piece = super().filled(n)
+        self.filled_bytes += n
         if type(piece) is memoryview:
             self.lent += n
         return piece
@@ -145,3 +149,37 @@ async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
     assert len(body) == len(BODY)
     assert body == BODY
     assert pool.lent >= len(BODY)  # the origin's response was read through the pool
+
+
+async def _fetch_through_tls_origin(tmp_path: Any) -> bytes:
+    ca = trustme.CA()
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("origin.localhost").configure_cert(server_ctx)
+    verify = {"caPool": str(ca_path), "originServerName": "origin.localhost"}
+    async with (
+        protocol_origin(_Origin, verify, tls=server_ctx) as ingress,
+        TunnelStack.start(tmp_path / "stack", ingress) as stack,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+        got = await asyncio.wait_for(reader.read(-1), 30)
+        writer.close()
+    return got
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_tls_origin_is_read_through_the_pool_intact(loop_name: str, tmp_path: Any) -> None:
+    # The TLS layer (uvloop's or asyncio's) decrypts straight into the pooled buffer.
+    pool = _CountingPool()
+    recvbuf.POOL, saved = pool, recvbuf.POOL
+    try:
+        with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+            got = runner.run(_fetch_through_tls_origin(tmp_path))
+    finally:
+        recvbuf.POOL = saved
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    assert body == BODY
+    assert pool.filled_bytes >= len(BODY)

@@ -7,6 +7,7 @@ async with TunnelStack.start(tmp_path, ingress=...) as stack:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -122,13 +123,17 @@ class TunnelStack:
 
 @asynccontextmanager
 async def protocol_origin(
-    factory: Callable[[], asyncio.BaseProtocol], origin_request: dict[str, Any] | None = None
+    factory: Callable[[], asyncio.BaseProtocol],
+    origin_request: dict[str, Any] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Ingress]:
     """A raw asyncio origin on loopback (one that times, splits or breaks its answers on
-    purpose) and the ingress routing app.localhost to it, with a 404 for anything else."""
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    purpose) and the ingress routing app.localhost to it, with a 404 for anything else.
+    With `tls` it serves HTTPS (`origin_request` then says how to verify it)."""
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    route: dict[str, Any] = {"hostname": "app.localhost", "service": f"http://127.0.0.1:{port}"}
+    scheme = "https" if tls is not None else "http"
+    route: dict[str, Any] = {"hostname": "app.localhost", "service": f"{scheme}://127.0.0.1:{port}"}
     if origin_request:
         route["originRequest"] = origin_request
     try:
