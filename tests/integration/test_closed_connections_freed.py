@@ -1,10 +1,10 @@
-"""A closed HTTPS connection to the edge is freed soon, even with the collection thresholds
-servers run with.
+"""A closed HTTPS connection (an eyeball's to the edge, the connector's to an origin) is freed
+soon, even with the collection thresholds servers run with.
 
 Why: a closed TLS connection is a reference cycle (uvloop's SSLProtocol and its transport,
 our streams and their connection) that holds OpenSSL's buffers, up to ~6 MB after a large
 download. Servers raise the collector's thresholds (`runtime.tune_gc`), so such cycles piled
-up until `H2Endpoint.connection_lost` started telling `runtime.collect_cycles` to run."""
+up until the protocols' `connection_lost` started telling `runtime.collect_cycles` to run."""
 
 from __future__ import annotations
 
@@ -16,9 +16,34 @@ from typing import Any
 import pytest
 
 from burrow import runtime
+from burrow.edge import public
 from burrow.edge.public import EyeballProtocol
 from burrow.edge.public_h2 import H2EyeballConnection
+from burrow.origin.connection import OriginConnection
 from burrow.testing.frontdoor import curl, edge_stack
+from burrow.testing.harness import TunnelStack, origin_tls, protocol_origin
+
+
+def _track(monkeypatch: pytest.MonkeyPatch, protocol: Any) -> list[weakref.ref[Any]]:
+    """Weak references to every `protocol` object made from now on."""
+    seen: list[weakref.ref[Any]] = []
+    made = protocol.connection_made
+
+    def record(self: Any, transport: asyncio.BaseTransport) -> None:
+        seen.append(weakref.ref(self))
+        made(self, transport)
+
+    monkeypatch.setattr(protocol, "connection_made", record)
+    return seen
+
+
+async def _freed_soon(ref: weakref.ref[Any]) -> bool:
+    """Whether the object is gone within 3 s (the connection closes, then the collector runs)."""
+    for _ in range(30):
+        await asyncio.sleep(0.1)
+        if ref() is None:
+            return True
+    return False
 
 
 @pytest.mark.parametrize(
@@ -34,14 +59,7 @@ async def test_closed_eyeball_connection_is_collected(
     flag: str,
     version: str,
 ) -> None:
-    seen: list[weakref.ref[Any]] = []
-    made = protocol.connection_made
-
-    def record(self: Any, transport: asyncio.BaseTransport) -> None:
-        seen.append(weakref.ref(self))
-        made(self, transport)
-
-    monkeypatch.setattr(protocol, "connection_made", record)
+    seen = _track(monkeypatch, protocol)
     async with edge_stack(tmp_path, https_listen=["127.0.0.1:0"]) as (edge, _seen):
         collector = asyncio.ensure_future(runtime.collect_cycles(interval=0.1))
         try:
@@ -50,10 +68,47 @@ async def test_closed_eyeball_connection_is_collected(
             )
             assert got[:2] == (version, 200)
             assert len(seen) == 1
-            for _ in range(30):  # the connection closes, then the collector runs
-                await asyncio.sleep(0.1)
-                if seen[0]() is None:
-                    break
-            assert seen[0]() is None, "the closed connection is still alive"
+            assert await _freed_soon(seen[0]), "the closed connection is still alive"
+        finally:
+            collector.cancel()
+
+
+class _ClosingOrigin(asyncio.Protocol):
+    """Answers one request with 2 MB, then closes (`Connection: close`)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            body = b"x" * 2_000_000
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            self.transport.write(body)
+            self.transport.close()
+
+
+async def test_closed_tls_origin_connection_is_collected(
+    tmp_path: Path, rare_collections: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connector's side of the same cycle: an HTTPS origin connection the origin closed.
+    seen = _track(monkeypatch, OriginConnection)
+    # Only the connector's closes may count: the edge's eyeball closes too in this process.
+    monkeypatch.setattr(public, "connection_closed", lambda: None)
+    server_ctx, verify = origin_tls(tmp_path)
+    async with (
+        protocol_origin(_ClosingOrigin, verify, tls=server_ctx) as ingress,
+        TunnelStack.start(tmp_path / "stack", ingress) as stack,
+    ):
+        collector = asyncio.ensure_future(runtime.collect_cycles(interval=0.1))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+            got = await asyncio.wait_for(reader.read(-1), 30)
+            writer.close()
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"x" * 1000)
+            assert len(seen) == 1
+            assert await _freed_soon(seen[0]), "the closed origin connection is still alive"
         finally:
             collector.cancel()

@@ -8,15 +8,13 @@ import asyncio
 import mmap
 import os
 import socket
-import ssl
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import trustme
 
 from burrow.net import recvbuf
-from burrow.testing.harness import TunnelStack, protocol_origin
+from burrow.testing.harness import TunnelStack, origin_tls, protocol_origin
 
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
@@ -152,12 +150,7 @@ async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
 
 
 async def _fetch_through_tls_origin(tmp_path: Any) -> bytes:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("origin.localhost").configure_cert(server_ctx)
-    verify = {"caPool": str(ca_path), "originServerName": "origin.localhost"}
+    server_ctx, verify = origin_tls(tmp_path)
     async with (
         protocol_origin(_Origin, verify, tls=server_ctx) as ingress,
         TunnelStack.start(tmp_path / "stack", ingress) as stack,

@@ -135,7 +135,7 @@ class Exchange:
         self.response_done = False
         self._chunked = False
         # Response bytes of the current tunnel read (head, body pieces), written together.
-        self._held: list[bytes | memoryview] = []
+        self._held: list[DataPiece] = []
         self._close_after = not head.keep_alive
         self._unacked = 0
         self._counted = True

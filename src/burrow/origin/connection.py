@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from burrow.errors import OriginError, RemoteProtocolError
 from burrow.net import recvbuf
+from burrow.runtime import connection_closed
 from burrow.wire import DataPiece, http1
 
 log = logging.getLogger("burrow.origin")
@@ -119,6 +120,7 @@ class OriginConnection(recvbuf.PooledReads):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        connection_closed()  # a TLS origin's connection is a cycle holding its buffers
         if self.pool is not None:
             self.pool.discard(self)
         listener = self.listener

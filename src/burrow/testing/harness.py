@@ -140,3 +140,18 @@ async def protocol_origin(
         yield Ingress.parse([route, {"service": "http_status:404"}])
     finally:
         server.close()
+
+
+def origin_tls(
+    directory: Path, name: str = "origin.localhost"
+) -> tuple[ssl.SSLContext, dict[str, Any]]:
+    """A server context for an HTTPS test origin, with a certificate for `name` from a fresh
+    test CA, and the `originRequest` options that make the connector verify it."""
+    import trustme  # a test dependency
+
+    ca = trustme.CA()
+    ca_path = directory / "origin-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server_ctx)
+    return server_ctx, {"caPool": str(ca_path), "originServerName": name}
