@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from burrow.net import recvbuf
-from burrow.testing.harness import TunnelStack, origin_tls, protocol_origin
+from burrow.testing.harness import CountingPool, TunnelStack, origin_tls, protocol_origin
 
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
@@ -110,20 +110,6 @@ class _Origin(asyncio.Protocol):
 BODY = os.urandom(16 << 20)
 
 
-class _CountingPool(recvbuf.RecvBuffers):
-    """Counts the bytes read through it, and those it lends as views."""
-
-    lent = 0
-    filled_bytes = 0
-
-    def filled(self, n: int) -> bytes | memoryview:
-        piece = super().filled(n)
-        self.filled_bytes += n
-        if type(piece) is memoryview:
-            self.lent += n
-        return piece
-
-
 async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,7 +117,7 @@ async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
     # connector's stream queues views behind the flow-control window while the origin is read
     # into further buffers. A buffer reused while lent would corrupt the body.
     monkeypatch.setattr(recvbuf, "VIEW_MIN", 1)
-    pool = _CountingPool()
+    pool = CountingPool()
     monkeypatch.setattr(recvbuf, "POOL", pool)
     async with protocol_origin(_Origin) as ingress, TunnelStack.start(tmp_path, ingress) as stack:
         reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port, limit=64 << 10)
@@ -165,7 +151,7 @@ async def _fetch_through_tls_origin(tmp_path: Any) -> bytes:
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_tls_origin_is_read_through_the_pool_intact(loop_name: str, tmp_path: Any) -> None:
     # The TLS layer (uvloop's or asyncio's) decrypts straight into the pooled buffer.
-    pool = _CountingPool()
+    pool = CountingPool()
     recvbuf.POOL, saved = pool, recvbuf.POOL
     try:
         with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:

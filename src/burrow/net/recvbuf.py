@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+from typing import ClassVar
 
 from burrow.wire import DataPiece
 
@@ -78,10 +79,11 @@ class RecvBuffers:
         self._current = buf
         return buf
 
-    def filled(self, n: int) -> DataPiece:
-        """The `n` bytes just read: a view of the buffer when large, else a copy."""
+    def filled(self, n: int, copy_small: bool = True) -> DataPiece:
+        """The `n` bytes just read: a view of the buffer when large (or always, when not
+        `copy_small`), else a copy."""
         view = memoryview(self._current)[:n]  # type: ignore[arg-type]
-        if n < VIEW_MIN:
+        if n < VIEW_MIN and copy_small:
             return bytes(view)
         self._viewed = True
         return view
@@ -96,11 +98,15 @@ class PooledReads(asyncio.BufferedProtocol):
 
     __slots__ = ()
 
+    keeps_views: ClassVar[bool] = True
+    """False for a protocol that is done with each piece when `data_received` returns (it
+    copies what it keeps): it gets every read as a view, since none can pin a buffer."""
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return POOL.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(POOL.filled(nbytes))
+        self.data_received(POOL.filled(nbytes, self.keeps_views))
 
     def data_received(self, data: DataPiece) -> None:
         raise NotImplementedError

@@ -226,7 +226,11 @@ class StreamBridge(recvbuf.PooledReads):
                 self.transport.pause_reading()
             return
         if self._decoder is not None:
-            data = ws.frame_header(ws.OP_BINARY, len(data)) + data
+            header = ws.frame_header(ws.OP_BINARY, len(data))
+            if type(data) is bytes:
+                data = header + data  # a small read: one piece, one DATA frame
+            else:
+                self.stream.write(header)  # a large read goes on as its view, not copied
         # owned: a view here is of a receive buffer that is not reused while the view lives
         if not self.stream.write(data, owned=True) and self.transport is not None:
             self.transport.pause_reading()
@@ -281,17 +285,17 @@ class StreamBridge(recvbuf.PooledReads):
             transport.write(data)
         else:
             try:
-                items = decoder.feed(bytes(data))
+                items = decoder.feed(data)
             except ws.WebSocketError as exc:
                 log.warning("WebSocket protocol error from %s: %s", self.describe, exc)
                 stream.consumed(len(data))
                 self._close_from_edge(close_code=exc.close_code)
                 return
             for item in items:
-                if type(item) is bytes:
-                    transport.write(item)
+                if isinstance(item, ws.Control):
+                    self._control(item)
                 else:
-                    self._control(item)  # type: ignore[arg-type]
+                    transport.write(item)
         if self._origin_paused:
             self._unacked += len(data)
         else:

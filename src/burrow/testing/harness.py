@@ -18,6 +18,7 @@ from burrow.connector.supervisor import Connector, ConnectorConfig
 from burrow.edge.provision import Provisioned, create_tunnel
 from burrow.edge.server import EdgeConfig, EdgeServer
 from burrow.ingress.rules import Ingress
+from burrow.net import recvbuf
 from burrow.net.listen import format_hostport
 from burrow.testing.pgdb import create_database, edges_use_postgres
 
@@ -155,3 +156,20 @@ def origin_tls(
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(name).configure_cert(server_ctx)
     return server_ctx, {"caPool": str(ca_path), "originServerName": name}
+
+
+class CountingPool(recvbuf.RecvBuffers):
+    """A receive-buffer pool that counts the bytes read through it and those it lent as views:
+    install it as `recvbuf.POOL` to see that a path reads through the pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lent = 0
+        self.filled_bytes = 0
+
+    def filled(self, n: int, copy_small: bool = True) -> bytes | memoryview:
+        piece = super().filled(n, copy_small)
+        self.filled_bytes += n
+        if type(piece) is memoryview:
+            self.lent += n
+        return piece

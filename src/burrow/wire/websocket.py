@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from burrow.errors import RemoteProtocolError
+from burrow.wire import DataPiece
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -45,7 +46,7 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
 
 
-def _py_apply_mask(data: bytes, mask: bytes) -> bytes:  # pragma: no cover - ~50x slower
+def _py_apply_mask(data: DataPiece, mask: bytes) -> bytes:  # pragma: no cover - ~50x slower
     n = len(data)
     reps = mask * (n // 4 + 1)
     return (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(
@@ -53,7 +54,7 @@ def _py_apply_mask(data: bytes, mask: bytes) -> bytes:  # pragma: no cover - ~50
     )
 
 
-def _first_apply_mask(data: bytes, mask: bytes) -> bytes:
+def _first_apply_mask(data: DataPiece, mask: bytes) -> bytes:
     """Find the C helper of the `websockets` package (~15 GB/s) on first use, not at import:
     most connectors never carry a WebSocket, and the package costs a long-running process
     ~1 MB of RSS. Later calls go straight to the helper found here."""
@@ -67,11 +68,12 @@ def _first_apply_mask(data: bytes, mask: bytes) -> bytes:
     return _apply_mask(data, mask)
 
 
-_apply_mask: Callable[[bytes, bytes], bytes] = _first_apply_mask
+_apply_mask: Callable[[DataPiece, bytes], bytes] = _first_apply_mask
 
 
-def apply_mask(data: bytes, mask: bytes) -> bytes:
-    """XOR `data` with the 4-byte `mask` repeated (masking and unmasking are the same)."""
+def apply_mask(data: DataPiece, mask: bytes) -> bytes:
+    """XOR `data` with the 4-byte `mask` repeated (masking and unmasking are the same): a new
+    `bytes`, so a view passed in may be released or its buffer reused at once."""
     return _apply_mask(data, mask)
 
 
@@ -122,8 +124,13 @@ def encode_close(code: int = CLOSE_NORMAL, reason: str = "", mask: bytes | None 
 
 
 class FrameDecoder:
-    """Incremental decoder: `feed(bytes)` returns the payload bytes of data frames (as `bytes`,
-    possibly partial, in order) interleaved with `Control` objects for control frames.
+    """Incremental decoder: `feed(data)` returns the payload of data frames (possibly partial,
+    in order) interleaved with `Control` objects for control frames.
+
+    Payload is never copied but to unmask it: unmasked payload comes out as views of what was
+    fed (a `bytes`, or a view the caller will not write to again), masked payload as the new
+    `bytes` that `apply_mask` makes. Callers tell the two kinds of item apart with
+    `isinstance(item, Control)`.
 
     `server=True` (the side receiving from a client) requires masked frames; a client requires
     unmasked ones, as RFC 6455 5.1 says.
@@ -152,13 +159,15 @@ class FrameDecoder:
         self._fragmented = False  # inside a message whose last frame had FIN clear
         self.closed = False  # a close frame was received: nothing more is accepted
 
-    def feed(self, data: bytes) -> list[bytes | Control]:
+    def feed(self, data: DataPiece) -> list[DataPiece | Control]:
         if self.closed:
             return []
-        out: list[bytes | Control] = []
+        out: list[DataPiece | Control] = []
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        if type(data) is bytes:
+            data = memoryview(data)  # slices of a view are free; of bytes, copies
         pos = 0
         n = len(data)
         while pos < n:
@@ -191,10 +200,10 @@ class FrameDecoder:
                 return out
         return out
 
-    def _header(self, data: bytes, pos: int, n: int, out: list[bytes | Control]) -> int:
+    def _header(self, data: DataPiece, pos: int, n: int, out: list[DataPiece | Control]) -> int:
         """Parse one frame header at `pos`; the new position, or -1 if more bytes are needed."""
         if n - pos < 2:
-            self._buf = data[pos:]
+            self._buf = bytes(data[pos:])  # a copy: a few bytes must not pin the buffer fed
             return -1
         b0 = data[pos]
         b1 = data[pos + 1]
@@ -202,7 +211,7 @@ class FrameDecoder:
         masked = b1 & 0x80
         need = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if masked else 0)
         if n - pos < need:
-            self._buf = data[pos:]
+            self._buf = bytes(data[pos:])
             return -1
         if b0 & 0x70:
             raise WebSocketError("reserved bits set (no extension was negotiated)")
@@ -218,7 +227,7 @@ class FrameDecoder:
                 raise WebSocketError("frame length has its most significant bit set")
             p += 8
         if masked:
-            mask: bytes | None = data[p : p + 4]
+            mask: bytes | None = bytes(data[p : p + 4])
             p += 4
         else:
             mask = None
@@ -248,7 +257,7 @@ class FrameDecoder:
             self._finish_control(out)
         return p
 
-    def _finish_control(self, out: list[bytes | Control]) -> None:
+    def _finish_control(self, out: list[DataPiece | Control]) -> None:
         payload = self._ctrl or b""
         self._ctrl = None
         if self._opcode == OP_CLOSE:

@@ -125,3 +125,49 @@ def test_large_frame_is_delivered_incrementally() -> None:
     out = dec.feed(ws.frame_header(ws.OP_BINARY, 1 << 30, mask) + ws.apply_mask(chunk, mask))
     assert out == [chunk]
     assert dec.feed(ws.apply_mask(chunk, mask)) == [chunk]  # 10_000 % 4 == 0: same phase
+
+
+def test_unmasked_payload_is_handed_out_as_views_of_what_was_fed() -> None:
+    """The access client's decoder passes payload on without copying it: each item is a view
+    of the bytes fed, and a frame header split across two feeds still parses."""
+    first, second = os.urandom(300_000), os.urandom(1000)
+    stream = ws.encode_frame(ws.OP_BINARY, first) + ws.encode_frame(ws.OP_BINARY, second)
+    cut = len(stream) - len(second) - 2  # inside the second frame's header
+    dec = ws.FrameDecoder(server=False)
+    items = dec.feed(stream[:cut])
+    assert len(items) == 1 and type(items[0]) is memoryview
+    assert items[0].obj is not None and items[0] == first
+    tail = memoryview(bytearray(stream[cut:]))
+    items = dec.feed(tail)
+    assert [bytes(x) for x in items] == [second]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payloads=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=40),
+    masked=st.booleans(),
+)
+def test_any_split_fed_as_views_gives_the_same_bytes(
+    payloads: list[bytes], cuts: list[int], masked: bool
+) -> None:
+    """The connector feeds views of h2 DATA payloads: the same bytes come out as from bytes,
+    masked (a client's frames) or not (the edge's, as the access client reads them)."""
+    stream = b"".join(_oracle(Opcode.BINARY, p, mask=masked) for p in payloads)
+    stream += _oracle(Opcode.PING, b"hi", mask=masked)
+    buf = memoryview(bytearray(stream))
+    dec = ws.FrameDecoder(server=masked)
+    data = b""
+    controls = []
+    pos = i = 0
+    while pos < len(stream):
+        n = cuts[i % len(cuts)]
+        i += 1
+        for item in dec.feed(buf[pos : pos + n]):
+            if type(item) is ws.Control:
+                controls.append(item)
+            else:
+                data += item
+        pos += n
+    assert data == b"".join(payloads)
+    assert controls == [ws.Control(ws.OP_PING, b"hi")]
