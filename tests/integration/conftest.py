@@ -5,9 +5,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from burrow.ingress.rules import Ingress
+from burrow.net import recvbuf
 from burrow.origin.hello import serve_app
-from burrow.testing.harness import TunnelStack
+from burrow.testing.harness import CountingPool, TunnelStack
 from burrow.testing.origins import named_origin_app, start_test_origin
+
+
+@pytest.fixture
+def every_read_lent(monkeypatch: pytest.MonkeyPatch) -> CountingPool:
+    """Every pooled read is lent as a view (none is copied out), through a pool that counts."""
+    monkeypatch.setattr(recvbuf, "VIEW_MIN", 1)
+    pool = CountingPool()
+    monkeypatch.setattr(recvbuf, "POOL", pool)
+    return pool
 
 
 @pytest.fixture

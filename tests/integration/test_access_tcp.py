@@ -20,9 +20,8 @@ import pytest
 
 from burrow.access.tcp_client import AccessError, TCPForwarder, make_target, open_websocket
 from burrow.ingress.rules import Ingress
-from burrow.net import recvbuf
 from burrow.net.h2conn import H2Stream, Headers
-from burrow.testing.harness import CountingPool, TunnelStack
+from burrow.testing.harness import CountingPool, TunnelStack, read_stalling
 from burrow.wire.tunnel_h2 import TCP_SRC_HEADER, parse_response
 
 pytestmark = pytest.mark.timeout(180)
@@ -183,15 +182,12 @@ async def test_100mb_echo_is_byte_exact(stack: TunnelStack) -> None:
 
 
 async def test_reads_lent_as_views_carry_random_bytes_intact(
-    stack: TunnelStack, monkeypatch: pytest.MonkeyPatch
+    stack: TunnelStack, every_read_lent: CountingPool
 ) -> None:
     # Every read of the access client's local socket and of the connector's target socket is
-    # lent from the receive-buffer pool as a view (VIEW_MIN=1), and the client stalls as it
-    # reads the echo, so views wait in the tunnel. A buffer reused while lent, or a frame
-    # header sent apart from its payload out of order, would corrupt the echo.
-    monkeypatch.setattr(recvbuf, "VIEW_MIN", 1)
-    pool = CountingPool()
-    monkeypatch.setattr(recvbuf, "POOL", pool)
+    # lent from the receive-buffer pool as a view, and the client stalls as it reads the
+    # echo, so views wait in the tunnel. A buffer reused while lent, or a frame header sent
+    # apart from its payload out of order, would corrupt the echo.
     payload = os.urandom(16 << 20)
     async with forwarder(stack) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=64 << 10)
@@ -202,10 +198,7 @@ async def test_reads_lent_as_views_carry_random_bytes_intact(
                 await writer.drain()
 
         sender = asyncio.create_task(send())
-        got = bytearray()
-        for _ in range(40):  # stall, then take a little: the tunnel fills and drains
-            await asyncio.sleep(0.01)
-            got += await asyncio.wait_for(reader.read(256 << 10), 10)
+        got = await read_stalling(reader)
         while len(got) < len(payload):
             data = await asyncio.wait_for(reader.read(1 << 20), 30)
             assert data, f"echo closed after {len(got)} of {len(payload)} bytes"
@@ -217,7 +210,7 @@ async def test_reads_lent_as_views_carry_random_bytes_intact(
     assert got == payload
     # the access client's local reads and the connector's reads of the echo both went through
     # the pool, every byte of each
-    assert pool.lent >= 2 * size
+    assert every_read_lent.lent >= 2 * size
 
 
 async def test_50_sessions_at_once(stack: TunnelStack, echo: EchoServer) -> None:

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from burrow.net import recvbuf
-from burrow.testing.harness import CountingPool, TunnelStack, origin_tls, protocol_origin
+from burrow.testing.harness import (
+    CountingPool,
+    TunnelStack,
+    origin_tls,
+    protocol_origin,
+    read_stalling,
+)
 
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
@@ -111,28 +117,22 @@ BODY = os.urandom(16 << 20)
 
 
 async def test_views_held_by_a_stalled_tunnel_stream_are_never_overwritten(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Any, every_read_lent: CountingPool
 ) -> None:
     # Every read is lent (none copied out), and the eyeball stalls again and again: the
     # connector's stream queues views behind the flow-control window while the origin is read
     # into further buffers. A buffer reused while lent would corrupt the body.
-    monkeypatch.setattr(recvbuf, "VIEW_MIN", 1)
-    pool = CountingPool()
-    monkeypatch.setattr(recvbuf, "POOL", pool)
     async with protocol_origin(_Origin) as ingress, TunnelStack.start(tmp_path, ingress) as stack:
         reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port, limit=64 << 10)
         writer.write(b"GET /big HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
-        got = bytearray()
-        for _ in range(40):  # stall, then take a little: the tunnel fills and drains
-            await asyncio.sleep(0.01)
-            got += await asyncio.wait_for(reader.read(256 << 10), 10)
+        got = await read_stalling(reader)
         got += await asyncio.wait_for(reader.read(-1), 30)
         writer.close()
     head, _, body = bytes(got).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head[:100]
     assert len(body) == len(BODY)
     assert body == BODY
-    assert pool.lent >= len(BODY)  # the origin's response was read through the pool
+    assert every_read_lent.lent >= len(BODY)  # the origin's response was read through the pool
 
 
 async def _fetch_through_tls_origin(tmp_path: Any) -> bytes:

@@ -173,3 +173,13 @@ class CountingPool(recvbuf.RecvBuffers):
         if type(piece) is memoryview:
             self.lent += n
         return piece
+
+
+async def read_stalling(reader: asyncio.StreamReader, rounds: int = 40) -> bytearray:
+    """Read a little at a time with pauses between, so that the tunnel behind fills and
+    drains again and again (views of receive buffers wait in it meanwhile)."""
+    got = bytearray()
+    for _ in range(rounds):
+        await asyncio.sleep(0.01)
+        got += await asyncio.wait_for(reader.read(256 << 10), 10)
+    return got
