@@ -240,6 +240,7 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         self._receiving = False  # inside data_received: `defer` may hold output until its end
         self.transport: asyncio.Transport | None = None
         self._blocked: dict[int, H2Stream] = {}
+        self._forgotten: list[H2Stream] = []  # done streams whose handler link is still to cut
         self._flush_scheduled = False
         self._flushing = False
         self._write_paused = False
@@ -401,6 +402,20 @@ class H2Endpoint(H2Core, asyncio.Protocol):
     def _forget(self, stream: H2Stream) -> None:
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
+        self._forgotten.append(stream)
+
+    def _release_forgotten(self) -> None:
+        """Cut the link from each stream done with to its handler, which refers back to it.
+
+        Why: stream and handler (an exchange, a relay) form a reference cycle, so without this
+        every request left its objects (~12 of them) to the cyclic collector, whose gen0 runs
+        then took 6-8 ms every second or so under load (latency spikes, CPU). Done at the next
+        flush rather than in `_forget` because the callbacks of the current event (`on_reset`
+        after a peer's RST_STREAM, `on_writable` for streams woken by the same drain) still
+        need the handler."""
+        forgotten, self._forgotten = self._forgotten, []
+        for stream in forgotten:
+            stream.handler = None
 
     def _stream_has_pending(self, stream: H2Stream) -> None:
         self._blocked[stream.id] = stream
@@ -426,6 +441,8 @@ class H2Endpoint(H2Core, asyncio.Protocol):
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
+        if self._forgotten:
+            self._release_forgotten()
         if self.transport is None or self.closed:
             return
         if self._blocked and not self._write_paused:
