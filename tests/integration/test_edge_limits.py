@@ -1,13 +1,17 @@
-"""Limits and request-smuggling defences of the public HTTP/1.1 listener, through a real edge,
-connector and origin on loopback."""
+"""Limits and request-smuggling defences of the public listeners (HTTP/1.1, and HTTP/2 idle
+connections), through a real edge, connector and origin on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
 
 import aiohttp
+import h2.config
+import h2.connection
+import h2.events
 
 from burrow.edge.gate import LimitSettings
 from burrow.edge.server import EdgeServer
@@ -306,3 +310,48 @@ async def test_request_smuggling_corpus_is_refused(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s, s.get(_url(edge), headers=HOST) as r:
             assert r.status == 200
         assert seen == ["/echo"]
+
+
+async def test_h2_connection_lives_while_used_and_closes_when_idle(tmp_path: Path) -> None:
+    # The idle deadline moves with every request (net/deadline): requests closer together than
+    # the idle timeout keep the connection, and it ends with GOAWAY once they stop.
+    limits = LimitSettings(idle_timeout=0.6)
+    async with edge_stack(tmp_path, limits=limits, https_listen=["127.0.0.1:0"]) as (edge, _s):
+        assert edge.pki is not None
+        ctx = ssl.create_default_context(cafile=str(edge.pki.ca_cert_path))
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", edge.https_addresses[0][1], ssl=ctx, server_hostname="app.localhost"
+        )
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        headers = [
+            (":method", "GET"), (":scheme", "https"),
+            (":authority", "app.localhost"), (":path", "/echo"),
+        ]  # fmt: skip
+        events: list[h2.events.Event] = []
+
+        async def pump() -> bool:
+            """Send what is due and handle what arrives; False at EOF."""
+            writer.write(conn.data_to_send())
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                return False
+            events.extend(conn.receive_data(data))
+            return True
+
+        for _ in range(6):  # 6 x 0.3 s: twice the idle timeout, in use throughout
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, headers, end_stream=True)
+            while not any(
+                isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id for e in events
+            ):
+                assert await pump(), "the edge closed a connection in use"
+            await asyncio.sleep(0.3)
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        t0 = time.monotonic()
+        while await pump():
+            pass
+        writer.close()
+        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        assert 0.2 < time.monotonic() - t0 < 4

@@ -21,6 +21,7 @@ from burrow.edge.exchange import Exchange
 from burrow.edge.gate import TOO_LARGE, TOO_MANY_CONNECTIONS, Gate, LimitSettings, Refusal
 from burrow.edge.registry import Registry
 from burrow.errors import HTTPRequestError
+from burrow.net.deadline import Deadline
 from burrow.observability.metrics import EdgeStats
 from burrow.runtime import connection_closed
 from burrow.wire import http1
@@ -69,9 +70,7 @@ class EyeballProtocol(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self._reading_paused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None  # when the armed timeout is due (loop time)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadline = Deadline(self._timeout)  # the header or keep-alive idle timeout
         self._conn_counted = False
         self._body_left = -1  # request body bytes still allowed (-1: no limit)
         self._head_timed = True  # the header deadline runs for the head being received
@@ -94,7 +93,7 @@ class EyeballProtocol(asyncio.Protocol):
             self._close_soon()
             return
         self._conn_counted = True
-        self._arm_timer(gate.settings.header_timeout)
+        self._deadline.arm(gate.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.raw is not None:
@@ -106,7 +105,7 @@ class EyeballProtocol(asyncio.Protocol):
             # First bytes of the next keep-alive request: its head gets the header deadline
             # (armed once, so trickling bytes cannot extend it).
             self._head_timed = True
-            self._arm_timer(self.ctx.gate.settings.header_timeout)
+            self._deadline.arm(self.ctx.gate.settings.header_timeout)
         try:
             events = self.parser.feed(data)
         except HTTPRequestError as exc:
@@ -130,10 +129,7 @@ class EyeballProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         connection_closed()  # its objects may be cycles holding TLS buffers: collect soon
-        self._cancel_timer()
-        if self._timer is not None:  # release this protocol now, not when the timer is due
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.close()  # release this protocol now, not when the timer is due
         if self._conn_counted:
             self._conn_counted = False
             self.ctx.gate.connection_closed(self.client_ip_b.decode())
@@ -181,7 +177,7 @@ class EyeballProtocol(asyncio.Protocol):
         # already answered (an edge error page): nothing to forward.
 
     def _start(self, head: http1.RequestHead) -> None:
-        self._cancel_timer()
+        self._deadline.cancel()
         self._head_timed = False
         ctx = self.ctx
         target = head.target
@@ -283,7 +279,7 @@ class EyeballProtocol(asyncio.Protocol):
         if not keep:
             self._close_soon()
         else:
-            self._arm_timer(self.ctx.gate.settings.idle_timeout)
+            self._deadline.arm(self.ctx.gate.settings.idle_timeout)
 
     def _redirect_https(self, head: http1.RequestHead, host: str, path: bytes, ray: str) -> None:
         port = self.ctx.https_redirect_port
@@ -304,7 +300,7 @@ class EyeballProtocol(asyncio.Protocol):
             headers.append((b"Connection", b"close"))
         self.write(http1.serialize_response_head(status, None, headers))
         if keep:
-            self._arm_timer(self.ctx.gate.settings.idle_timeout)
+            self._deadline.arm(self.ctx.gate.settings.idle_timeout)
         else:
             self._close_soon()
 
@@ -399,7 +395,7 @@ class EyeballProtocol(asyncio.Protocol):
         if close:
             self._close_soon()
             return
-        self._arm_timer(self.ctx.gate.settings.idle_timeout)
+        self._deadline.arm(self.ctx.gate.settings.idle_timeout)
         while self.backlog and self.current is None and not self.closing:
             self._event(self.backlog.popleft())
         if self.current is None or self.current.request_done:
@@ -433,35 +429,7 @@ class EyeballProtocol(asyncio.Protocol):
 
     # --- timers -----------------------------------------------------------------------------
 
-    # Re-arming a timer per request (a new TimerHandle, a heap insert and a cancel, twice) was
-    # a few % of the edge's CPU: one handle per connection is kept instead and only the
-    # deadline moves. A handle due before the deadline re-arms itself when it fires.
-
-    def _arm_timer(self, delay: float) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        self._deadline = deadline
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
-        self._timer = loop.call_at(deadline, self._timeout)
-
-    def _cancel_timer(self) -> None:
-        self._deadline = None
-
     def _timeout(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self._loop is None:
-            return
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._timeout)
-            return
-        self._deadline = None
         if self.current is None and self.raw is None:
             # Slow or idle client: a request head never completed, or keep-alive idled out.
             self._close_soon()

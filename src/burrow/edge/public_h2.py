@@ -19,6 +19,7 @@ from burrow.edge import pages
 from burrow.edge.exchange import record_request, tunnel_request_headers
 from burrow.edge.gate import TOO_LARGE, Refusal
 from burrow.errors import RemoteProtocolError
+from burrow.net.deadline import Deadline
 from burrow.net.h2conn import DataPiece, ErrorCode, H2Endpoint, H2Stream, Headers, Setting
 from burrow.wire import http1
 from burrow.wire.tunnel_h2 import is_internal_header, parse_response
@@ -246,7 +247,7 @@ class H2EyeballConnection(H2Endpoint):
         self.ip_b = b"0.0.0.0"
         self.active: set[H2Exchange] = set()
         self._counted = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self._idle)  # the header timeout, then the idle timeout
         self._reset_budget = float(RESET_BURST)
         self._reset_at = time.monotonic()
 
@@ -265,7 +266,7 @@ class H2EyeballConnection(H2Endpoint):
             self.close()
             return
         self._counted = True
-        self._arm(self.ctx.gate.settings.header_timeout)
+        self._deadline.arm(self.ctx.gate.settings.header_timeout)
 
     def h2_ready(self) -> None:
         settings = self.ctx.gate.settings
@@ -289,22 +290,12 @@ class H2EyeballConnection(H2Endpoint):
             self.close()
 
     def h2_closed(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._deadline.close()
         if self._counted:
             self._counted = False
             self.ctx.gate.connection_closed(self.ip)
 
-    def _arm(self, delay: float) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, self._idle)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def _idle(self) -> None:
-        self._timer = None
         if not self.active and not self.closed:
             self.goaway()
             self.close()
@@ -312,7 +303,7 @@ class H2EyeballConnection(H2Endpoint):
     def stream_done(self, exchange: H2Exchange) -> None:
         self.active.discard(exchange)
         if not self.active and not self.closed:
-            self._arm(self.ctx.gate.settings.idle_timeout)
+            self._deadline.arm(self.ctx.gate.settings.idle_timeout)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -399,7 +390,7 @@ class H2EyeballConnection(H2Endpoint):
         if ctx.access is not None:
             exchange.extra_response = ctx.access.take_response_headers()
         self.active.add(exchange)
-        self._cancel_timer()
+        self._deadline.cancel()
         stream.handler = exchange
         exchange.eyeball = stream
         tunnel_headers = tunnel_request_headers(
