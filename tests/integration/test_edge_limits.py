@@ -4,18 +4,15 @@ connections), through a real edge, connector and origin on loopback."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from pathlib import Path
 
 import aiohttp
-import h2.config
-import h2.connection
 import h2.events
 
 from burrow.edge.gate import LimitSettings
 from burrow.edge.server import EdgeServer
-from burrow.testing.frontdoor import edge_stack, raw_exchange
+from burrow.testing.frontdoor import edge_stack, h2_eyeball, raw_exchange
 
 HOST = {"Host": "app.localhost"}
 
@@ -317,18 +314,7 @@ async def test_h2_connection_lives_while_used_and_closes_when_idle(tmp_path: Pat
     # the idle timeout keep the connection, and it ends with GOAWAY once they stop.
     limits = LimitSettings(idle_timeout=0.6)
     async with edge_stack(tmp_path, limits=limits, https_listen=["127.0.0.1:0"]) as (edge, _s):
-        assert edge.pki is not None
-        ctx = ssl.create_default_context(cafile=str(edge.pki.ca_cert_path))
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", edge.https_addresses[0][1], ssl=ctx, server_hostname="app.localhost"
-        )
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        headers = [
-            (":method", "GET"), (":scheme", "https"),
-            (":authority", "app.localhost"), (":path", "/echo"),
-        ]  # fmt: skip
+        reader, writer, conn, headers = await h2_eyeball(edge)
         events: list[h2.events.Event] = []
 
         async def pump() -> bool:

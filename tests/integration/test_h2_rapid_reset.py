@@ -4,37 +4,18 @@ CVE-2023-44487) is cut off with GOAWAY ENHANCE_YOUR_CALM; other eyeballs keep be
 from __future__ import annotations
 
 import asyncio
-import ssl
 from pathlib import Path
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 
 from burrow.edge.public_h2 import RESET_BURST
-from burrow.testing.frontdoor import curl, edge_stack
-
-
-async def _h2_client(port: int, ca: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.set_alpn_protocols(["h2"])
-    return await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname="app.localhost"
-    )
+from burrow.testing.frontdoor import curl, edge_stack, h2_eyeball
 
 
 async def test_rapid_reset_gets_goaway_and_others_are_served(tmp_path: Path) -> None:
     async with edge_stack(tmp_path, https_listen=["127.0.0.1:0"]) as (edge, _seen):
-        assert edge.pki is not None
-        port = edge.https_addresses[0][1]
-        reader, writer = await _h2_client(port, edge.pki.ca_cert_path)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        headers = [
-            (":method", "GET"), (":scheme", "https"),
-            (":authority", "app.localhost"), (":path", "/slow?delay=1"),
-        ]  # fmt: skip
+        reader, writer, conn, headers = await h2_eyeball(edge, path="/slow?delay=1")
         goaway: h2.events.ConnectionTerminated | None = None
         sent = 0
         async with asyncio.timeout(20):

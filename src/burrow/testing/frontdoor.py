@@ -122,3 +122,25 @@ async def curl(
     body, _, tail = out.rpartition(b"\n")
     version, status = tail.decode().split()
     return version, int(status), body
+
+
+async def h2_eyeball(
+    edge: EdgeServer, host: str = "app.localhost", path: str = "/echo"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any, list[tuple[str, str]]]:
+    """A raw HTTP/2 client (the `h2` package, a test dependency) connected to the edge's HTTPS
+    listener with its preface queued: (reader, writer, connection, GET headers for `path`)."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+
+    assert edge.pki is not None
+    ctx = ssl.create_default_context(cafile=str(edge.pki.ca_cert_path))
+    ctx.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", edge.https_addresses[0][1], ssl=ctx, server_hostname=host
+    )
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", host), (":path", path)]
+    return reader, writer, conn, headers
