@@ -1,5 +1,5 @@
 """A closed HTTPS connection (an eyeball's to the edge, the connector's to an origin) is freed
-soon, even with the collection thresholds servers run with.
+soon, even with the collection thresholds servers run with; a plain eyeball connection, at once.
 
 Why: a closed TLS connection is a reference cycle (uvloop's SSLProtocol and its transport,
 our streams and their connection) that holds OpenSSL's buffers, up to ~6 MB after a large
@@ -112,3 +112,30 @@ async def test_closed_tls_origin_connection_is_collected(
             assert await _freed_soon(seen[0]), "the closed origin connection is still alive"
         finally:
             collector.cancel()
+
+
+async def test_closed_plain_eyeball_connection_is_freed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain-TCP eyeball connection holds no cycle at all: it is freed by reference counting
+    # the moment it closes, without waiting for a collection (its timeout's handle and
+    # callback are dropped on close: net/deadline).
+    import gc
+
+    seen = _track(monkeypatch, EyeballProtocol)
+    async with edge_stack(tmp_path) as (edge, _seen):
+        gc.collect()
+        gc.disable()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.http_addresses[0][1])
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+            writer.close()
+            assert len(seen) == 1
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                if seen[0]() is None:
+                    break
+            assert seen[0]() is None, "the closed connection is held by a reference cycle"
+        finally:
+            gc.enable()

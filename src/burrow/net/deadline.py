@@ -43,8 +43,10 @@ class Deadline:
         self._when = None
 
     def close(self) -> None:
-        """Cancel and drop the handle, so the loop stops referring to the owner now."""
+        """For good: cancel, and drop the handle and the callback, so that neither the loop nor
+        this object keeps the owner (whose bound method the callback usually is) alive."""
         self._when = None
+        self._expired = _nothing
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -64,3 +66,7 @@ class Deadline:
             return
         self._when = None
         self._expired()
+
+
+def _nothing() -> None:
+    """The callback of a closed `Deadline`."""
