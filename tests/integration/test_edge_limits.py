@@ -312,7 +312,7 @@ async def test_request_smuggling_corpus_is_refused(tmp_path: Path) -> None:
 async def test_h2_connection_lives_while_used_and_closes_when_idle(tmp_path: Path) -> None:
     # The idle deadline moves with every request (net/deadline): requests closer together than
     # the idle timeout keep the connection, and it ends with GOAWAY once they stop.
-    limits = LimitSettings(idle_timeout=0.6)
+    limits = LimitSettings(idle_timeout=1.0)
     async with edge_stack(tmp_path, limits=limits, https_listen=["127.0.0.1:0"]) as (edge, _s):
         reader, writer, conn, headers = await h2_eyeball(edge)
         events: list[h2.events.Event] = []
@@ -326,7 +326,7 @@ async def test_h2_connection_lives_while_used_and_closes_when_idle(tmp_path: Pat
             events.extend(conn.receive_data(data))
             return True
 
-        for _ in range(6):  # 6 x 0.3 s: twice the idle timeout, in use throughout
+        for _ in range(8):  # 8 x 0.3 s: over twice the idle timeout, in use throughout
             stream_id = conn.get_next_available_stream_id()
             conn.send_headers(stream_id, headers, end_stream=True)
             while not any(

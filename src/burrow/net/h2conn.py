@@ -264,8 +264,9 @@ class H2Endpoint(H2Core, asyncio.Protocol):
         # The engine parses `data` in place and hands large bodies on as views of it, which
         # needs bytes nothing writes to again: an asyncio.BufferedProtocol reusing one receive
         # buffer could not, and `net/recvbuf`'s pool would let 32 KiB pieces held by a slow
-        # eyeball pin whole buffers. (Its apparent native leak on uvloop TLS, measured earlier, was closed
-        # connections waiting for a rare full collection: see `runtime.collect_cycles`.)
+        # eyeball pin whole buffers. (Its apparent native leak on uvloop TLS, measured
+        # earlier, was closed connections waiting for a rare full collection: see
+        # `runtime.collect_cycles`.)
         if self.closed:
             return
         self._receiving = True

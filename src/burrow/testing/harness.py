@@ -21,6 +21,7 @@ from burrow.ingress.rules import Ingress
 from burrow.net import recvbuf
 from burrow.net.listen import format_hostport
 from burrow.testing.pgdb import create_database, edges_use_postgres
+from burrow.wire import DataPiece
 
 _PG_DATABASES: dict[str, str] = {}
 
@@ -167,7 +168,7 @@ class CountingPool(recvbuf.RecvBuffers):
         self.lent = 0
         self.filled_bytes = 0
 
-    def filled(self, n: int, copy_small: bool = True) -> bytes | memoryview:
+    def filled(self, n: int, copy_small: bool = True) -> DataPiece:
         piece = super().filled(n, copy_small)
         self.filled_bytes += n
         if type(piece) is memoryview:
