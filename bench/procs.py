@@ -288,11 +288,11 @@ def start_ssh_reverse(workdir: Path, targets: list[int], started: list[Proc]) ->
     ssh = start("ssh", [*argv, f"{user}@127.0.0.1"], workdir)
     started.append(ssh)
     for f in forwards.values():
-        wait_until(lambda f=f: _accepts(f), 30, ssh, f"ssh -R to listen on {f}")
+        wait_until(lambda f=f: accepts(f), 30, ssh, f"ssh -R to listen on {f}")
     return SshReverse(sshd, ssh, forwards)
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

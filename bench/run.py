@@ -1,4 +1,4 @@
-"""burrow's benchmark suite: direct to an origin vs through burrow vs `ssh -R`, in one run.
+"""burrow's benchmark suite: direct vs burrow vs `ssh -R` vs a C TLS relay, in one run.
 
     python bench/run.py              # full run (10 s per load, 100 MB bulk, best of 3)
     python bench/run.py --quick      # 3 s per load, 32 MB bulk, 1 repeat
@@ -8,13 +8,15 @@
 It starts a fast origin (bench/origin.py), `burrow edge serve` (HTTP and HTTPS listeners),
 `burrow edge tunnel create` and `burrow tunnel run` as separate processes through the CLI, a
 TCP origin with its own tunnel and `burrow access tcp` client (bench/tcp_throughput.py), and a
-private sshd with `ssh -N -R` as the classic alternative; it measures each scenario against
+private sshd with `ssh -N -R` as the classic alternative, and two HAProxy processes as a C TLS
+relay of burrow's shape (bench/tls_relay.py, the ceiling); it measures each scenario against
 each target, prints a table with ratios to direct and writes bench/results/<timestamp>.json.
 See bench/README.md for how to read the figures.
 
-A *target* is a way to reach the origin (`direct`, `burrow-h1`, `burrow-h2`, `ssh-R`; built in
-`build_targets`); a *scenario* is a measurement (`SCENARIOS`). A scenario a target cannot
-measure raises `NotApplicable`, shown as "n/a" with the reason under the table.
+A *target* is a way to reach the origin (`direct`, `burrow-h1`, `burrow-h2`, `ssh-R`,
+`tls-relay`; built in `build_targets`); a *scenario* is a measurement (`SCENARIOS`). A
+scenario a target cannot measure raises `NotApplicable`, shown as "n/a" with the reason under
+the table.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import loads
 import procs
 import pyspy
 import tcp_throughput
+import tls_relay
 
 HOSTNAME = "bench.localhost"
 TCP_HOSTNAME = "tcp.localhost"
@@ -186,7 +189,7 @@ SCENARIOS = [
                                                     ("tls_p50_ms", "TLS p50 ms", False)]),
     Scenario("access_tcp", "TCP, access tcp", _access_tcp, [("up_mbps", "up MB/s", True), ("down_mbps", "down MB/s", True)]),
 ]  # fmt: skip
-TARGETS = ("direct", "burrow-h1", "burrow-h2", "ssh-R")
+TARGETS = ("direct", "burrow-h1", "burrow-h2", "ssh-R", "tls-relay")
 
 NOTES = {
     "ttfb_fresh": "TTFB new conn: connect to first response byte, sequential; plain TCP via a "
@@ -196,9 +199,13 @@ NOTES = {
     "download/upload with curl --http2; direct stays the plain origin",
     "access_tcp": "TCP, access tcp: burrow-h1 column = `burrow access tcp` -> edge -> tunnel -> "
     "connector (tcp:// ingress) -> TCP sink/source; ssh-R = a second -R forward of the same "
-    "session; direct = the sink/source itself",
+    "session; tls-relay = a second frontend pair of the same two haproxy; direct = the "
+    "sink/source itself",
     "cpu": "CPU us/req: direct = origin; burrow = edge + connector + origin; ssh-R = sshd "
-    "(listener and session processes) + ssh + origin",
+    "(listener and session processes) + ssh + origin; tls-relay = both haproxy + origin",
+    "tls-relay": "tls-relay: the ceiling for burrow-h1's shape, not a peer: plain TCP into one "
+    "haproxy, TLS 1.3 (verified) to a second, plain TCP to the origin; C, one thread each, TCP "
+    "mode, 256 KiB buffers, no HTTP routing, Access or multiplexing (bench/tls_relay.py)",
 }
 
 
@@ -215,6 +222,7 @@ class Stack:
     access: procs.Proc | None = None
     access_port: int | None = None
     ssh: procs.SshReverse | None = None
+    relay: tls_relay.TlsRelay | None = None
 
 
 def build_targets(st: Stack, wanted: list[str], skipped: dict[str, str]) -> list[Target]:
@@ -250,6 +258,14 @@ def build_targets(st: Stack, wanted: list[str], skipped: dict[str, str]) -> list
                    {**ssh_pids, "origin": origin}, trees=frozenset({"sshd"}),
                    tcp_port=tcp_fwd, tcp_watched={**ssh_pids, **tcp_origin},
                    na={"access_tcp": no_tcp})
+        )  # fmt: skip
+    if st.relay:
+        relay_pids = {"relay-front": st.relay.front.pid, "relay-back": st.relay.back.pid}
+        tcp_fwd = st.relay.forwards.get(st.tcp_origin_port) if st.tcp_origin_port else None
+        out.append(
+            Target("tls-relay", loads.Endpoint(st.relay.forwards[st.origin_port], HOSTNAME),
+                   {**relay_pids, "origin": origin}, tcp_port=tcp_fwd,
+                   tcp_watched={**relay_pids, **tcp_origin}, na={"access_tcp": no_tcp})
         )  # fmt: skip
     for name in wanted:
         if name not in {t.name for t in out} and name not in skipped:
@@ -471,10 +487,16 @@ def soak_text(r: dict[str, Any]) -> str:
 
 
 def _start_extras(
-    st: Stack, tmp: Path, started: list[procs.Proc], tcp: bool, ssh: bool, skipped: dict[str, str]
+    st: Stack,
+    tmp: Path,
+    started: list[procs.Proc],
+    tcp: bool,
+    ssh: bool,
+    relay: bool,
+    skipped: dict[str, str],
 ) -> str | None:
-    """The access-tcp route and the ssh -R tunnel; a failure skips that part (with the reason)
-    instead of the whole run. Returns why access_tcp cannot run, if so."""
+    """The access-tcp route, the ssh -R tunnel and the TLS relay; a failure skips that part
+    (with the reason) instead of the whole run. Returns why access_tcp cannot run, if so."""
     tcp_na = None
     if tcp:
         try:
@@ -493,11 +515,19 @@ def _start_extras(
             st.ssh = procs.start_ssh_reverse(tmp, ports, started)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             skipped["ssh-R"] = f"ssh -R set-up failed: {str(exc)[:300]}"
+    if relay:
+        try:
+            ports = [st.origin_port] + ([st.tcp_origin_port] if st.tcp_origin_port else [])
+            st.relay = tls_relay.start_tls_relay(tmp, ports, started)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            skipped["tls-relay"] = f"tls relay set-up failed: {str(exc)[:300]}"
     return tcp_na
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="burrow benchmark: direct vs burrow vs ssh -R")
+    ap = argparse.ArgumentParser(
+        description="burrow benchmark: direct vs burrow vs ssh -R vs a TLS relay"
+    )
     ap.add_argument("--quick", action="store_true", help="3 s loads, 32 MB bulk, no repeats")
     ap.add_argument("--duration", type=float, help="seconds per load run (overrides the mode)")
     ap.add_argument("--bulk-mb", type=int, help="bulk transfer size in MB (10^6 bytes)")
@@ -546,6 +576,8 @@ def main() -> int:
         skipped["burrow-h2"] = "`h2load` is not installed (Debian nghttp2-client)"
     if "ssh-R" in wanted and (why := procs.ssh_missing()):
         skipped["ssh-R"] = why
+    if "tls-relay" in wanted and (why := tls_relay.haproxy_missing()):
+        skipped["tls-relay"] = why
     src = args.src
     if src is None and importlib.util.find_spec("burrow") is None:
         # The console script needs the package; run the tree this bench/ belongs to.
@@ -586,7 +618,8 @@ def main() -> int:
         tcp_na = _start_extras(
             st, tmp, started,
             tcp=any(sc.name == "access_tcp" for sc in chosen),
-            ssh="ssh-R" in wanted and "ssh-R" not in skipped, skipped=skipped,
+            ssh="ssh-R" in wanted and "ssh-R" not in skipped,
+            relay="tls-relay" in wanted and "tls-relay" not in skipped, skipped=skipped,
         )  # fmt: skip
         for name, proc in (("tcp-connector", st.tcp_connector), ("access", st.access),
                            ("tcp-origin", st.tcp_origin)):  # fmt: skip
@@ -595,6 +628,9 @@ def main() -> int:
         if st.ssh:
             watched["sshd"] = (st.ssh.sshd.pid, True)
             watched["ssh"] = (st.ssh.ssh.pid, False)
+        if st.relay:
+            watched["relay-front"] = (st.relay.front.pid, False)
+            watched["relay-back"] = (st.relay.back.pid, False)
         time.sleep(0.5)
         for n in watched:
             rss.setdefault(n, {"idle": rss_mb(n)})
