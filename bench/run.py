@@ -509,15 +509,14 @@ def _start_extras(
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             tcp_na = f"access tcp set-up failed: {str(exc)[:300]}"
             st.tcp_connector = st.access = st.access_port = None
+    ports = [st.origin_port] + ([st.tcp_origin_port] if st.tcp_origin_port else [])
     if ssh:
         try:
-            ports = [st.origin_port] + ([st.tcp_origin_port] if st.tcp_origin_port else [])
             st.ssh = procs.start_ssh_reverse(tmp, ports, started)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             skipped["ssh-R"] = f"ssh -R set-up failed: {str(exc)[:300]}"
     if relay:
         try:
-            ports = [st.origin_port] + ([st.tcp_origin_port] if st.tcp_origin_port else [])
             st.relay = tls_relay.start_tls_relay(tmp, ports, started)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             skipped["tls-relay"] = f"tls relay set-up failed: {str(exc)[:300]}"

@@ -14,9 +14,8 @@ pays too. Its buffers are 256 KiB (`tune.bufsize`). With HAProxy's default 16 Ki
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,8 @@ def haproxy_missing() -> str | None:
     """Why the tls-relay target cannot run here, or None."""
     if shutil.which(HAPROXY) is None:
         return "`haproxy` is not installed (Debian haproxy)"
+    if shutil.which("openssl") is None:
+        return "`openssl` is not installed (Debian openssl): it makes the relay's certificate"
     return None
 
 
@@ -42,39 +43,20 @@ class TlsRelay:
 
 
 def _self_signed(d: Path) -> tuple[Path, Path]:
-    """A P-256 certificate for SNI, signed by itself; the front trusts exactly this one."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SNI)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SNI)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    ca = d / "relay-ca.pem"
-    ca.write_bytes(cert_pem)
-    both = d / "relay.pem"  # HAProxy's `crt`: certificate and key in one file
+    """A P-256 certificate for SNI, signed by itself (`openssl req`); the front trusts exactly
+    this one. Returns (the certificate, certificate and key in one file for HAProxy's `crt`)."""
+    cert, key = d / "relay-ca.pem", d / "relay-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={SNI}",
+         "-addext", f"subjectAltName=DNS:{SNI}"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    both = d / "relay.pem"
     both.touch(mode=0o600)
-    both.write_bytes(cert_pem + key_pem)
-    return ca, both
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    key.unlink()
+    return cert, both
 
 
 def _config(frontends: list[tuple[int, str]], bind_opts: str = "") -> str:
@@ -106,7 +88,7 @@ def start_tls_relay(workdir: Path, targets: list[int], started: list[Proc]) -> T
     back's certificate verified by the front, SNI and host name checked). Both are appended to
     `started`; returns once every front port accepts connections."""
     d = workdir / "tls-relay"
-    d.mkdir(exist_ok=True)
+    d.mkdir(mode=0o700, exist_ok=True)  # holds the relay's private key
     ca, both = _self_signed(d)
     back_ports = {t: free_port() for t in targets}
     forwards = {t: free_port() for t in targets}
@@ -127,7 +109,6 @@ def start_tls_relay(workdir: Path, targets: list[int], started: list[Proc]) -> T
             ]
         )
     )
-    os.chmod(d, 0o700)
     back = start("relay-back", [HAPROXY, "-db", "-f", str(back_cfg)], workdir)
     started.append(back)
     front = start("relay-front", [HAPROXY, "-db", "-f", str(front_cfg)], workdir)
