@@ -131,8 +131,9 @@ def test_blocks_of_table_references_decode_fast_and_stay_in_step_with_the_table(
 
 def test_blocks_read_by_hpack_that_leave_the_table_alone_are_remembered() -> None:
     """A Huffman literal without indexing (what nghttp2 clients send for some fields) needs
-    hpack's decoder once; the same block again is served from memory while the table stands,
-    and read again after it changed. A never-indexed credential is never kept."""
+    hpack's decoder until the block is kept (its second sighting); from then on it is served
+    from memory while the table stands, and read again after it changed. A never-indexed
+    credential is never kept."""
     from hpack.huffman import HuffmanEncoder
     from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
@@ -143,6 +144,8 @@ def test_blocks_read_by_hpack_that_leave_the_table_alone_are_remembered() -> Non
         (b":method", b"GET"),
         (b":path", b"/small?x=1"),
     ]
+    assert block not in fast._blocks  # seen once
+    assert [tuple(h) for h in fast.decode(block, raw=True)][1] == (b":path", b"/small?x=1")
     version = fast._version
     assert fast._blocks[block][0] == version
     assert [tuple(h) for h in fast.decode(block, raw=True)][1] == (b":path", b"/small?x=1")
@@ -152,5 +155,22 @@ def test_blocks_read_by_hpack_that_leave_the_table_alone_are_remembered() -> Non
     assert fast._version == version + 1
     assert [tuple(h) for h in fast.decode(block, raw=True)][1] == (b":path", b"/small?x=1")
     secret = enc.encode([(b"authorization", b"Bearer s3cret", True)], huffman=True)
-    assert fast.decode(secret, raw=True)[0][1] == b"Bearer s3cret"
+    for _ in range(3):
+        assert fast.decode(secret, raw=True)[0][1] == b"Bearer s3cret"
     assert secret not in fast._blocks
+
+
+def test_blocks_seen_once_are_not_kept() -> None:
+    """Request blocks from an edge differ in their cf-ray: none is kept, so the cache neither
+    grows with nor is churned by them; a block that comes again is kept from then on."""
+    enc, fast = FastEncoder(), FastDecoder()
+    base = [(b":method", b"GET"), (b":path", b"/"), (b"x-forwarded-for", b"192.0.2.1")]
+    for i in range(1000):
+        block = enc.encode([*base, (b"cf-ray", b"%016x-LHR" % i)])
+        assert [tuple(h) for h in fast.decode(block, raw=True)][3] == (b"cf-ray", b"%016x-LHR" % i)
+    assert fast._blocks == {}
+    repeated = enc.encode(base)
+    fast.decode(repeated, raw=True)
+    assert repeated not in fast._blocks
+    fast.decode(repeated, raw=True)
+    assert repeated in fast._blocks
