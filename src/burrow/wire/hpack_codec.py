@@ -34,7 +34,7 @@ _CACHE_MAX = 1024
 _NEVER_INDEXED = hpack.NeverIndexedHeaderTuple
 _BLOCK_CACHE_ENTRIES = 256  # decoded plain header blocks remembered by FastDecoder
 _BLOCK_CACHE_BYTES = 2048  # only blocks up to this size
-_SEEN_ONCE_MAX = 4096  # hashes of blocks decoded once, not (yet) remembered
+_SEEN_ONCE_MAX = 1024  # hashes of blocks decoded once (~70 KB at most per connection)
 
 
 def _int(value: int, prefix_bits: int, first: int) -> bytes:
