@@ -575,7 +575,7 @@ def main() -> int:
         skipped["burrow-h2"] = "`h2load` is not installed (Debian nghttp2-client)"
     if "ssh-R" in wanted and (why := procs.ssh_missing()):
         skipped["ssh-R"] = why
-    if "tls-relay" in wanted and (why := tls_relay.haproxy_missing()):
+    if "tls-relay" in wanted and (why := tls_relay.tools_missing()):
         skipped["tls-relay"] = why
     src = args.src
     if src is None and importlib.util.find_spec("burrow") is None:

@@ -26,7 +26,7 @@ SNI = "relay.localhost"
 BUFSIZE = 256 * 1024
 
 
-def haproxy_missing() -> str | None:
+def tools_missing() -> str | None:
     """Why the tls-relay target cannot run here, or None."""
     if shutil.which(HAPROXY) is None:
         return "`haproxy` is not installed (Debian haproxy)"
@@ -113,7 +113,7 @@ def start_tls_relay(workdir: Path, targets: list[int], started: list[Proc]) -> T
     started.append(back)
     front = start("relay-front", [HAPROXY, "-db", "-f", str(front_cfg)], workdir)
     started.append(front)
-    for port in [*back_ports.values(), *forwards.values()]:
-        proc = back if port in back_ports.values() else front
-        wait_until(lambda port=port: accepts(port), 15, proc, f"haproxy to listen on {port}")
+    for proc, ports in ((back, back_ports), (front, forwards)):
+        for port in ports.values():
+            wait_until(lambda p=port: accepts(p), 15, proc, f"haproxy to listen on {port}")
     return TlsRelay(front, back, forwards)
